@@ -1,0 +1,46 @@
+"""Typed data config, embedded as the `data:` section of a training recipe."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass
+class DataConfig:
+    """Where the shards are and how they are streamed.
+
+    Shard specs (`train`, `val`): a brace pattern (`data/digits/train-{000000..000007}.tar`), a
+    comma-separated list of patterns, `::`-separated sources (for `weights`), a directory holding
+    `dataset.json` (all of its shards; `dir#val` picks the split `val`), or `pipe:`/http(s) URLs.
+
+    Fields:
+        resampled: draw shards with replacement instead of plain epochs (each "epoch" then has
+            ceil(num_shards / (world_size * num_workers)) draws per worker).
+        weights: one per `::`-separated source, resampled mode only. Each shard of source i is
+            drawn with probability proportional to weights[i] (open_clip's upsampling factors), so
+            equal weights mean uniform over all shards; for a mixture where source i gives a
+            fraction p_i of the shards, use weights[i] = p_i / num_shards_i.
+        shuffle_buffer: per-worker sample shuffle buffer size; 0 disables sample shuffling.
+        shuffle_shards: permute the shard order each epoch (seeded with seed and epoch).
+        seed: seed of all shuffling; with the same seed, ranks and workers the order is identical.
+        num_workers: DataLoader worker processes per rank (0 = read in the main process).
+        max_skip_fraction: bound on unreadable shards. Each worker counts the shards it opened
+            (resume replay included) and those that failed (truncated/corrupt tar, missing remote
+            file, fewer samples than the manifest says). The run stops with a DataError once
+            failed > max_skip_fraction * max(opened, shards the worker reads per epoch); the
+            per-epoch floor keeps one bad shard early in a run from counting as 100%. Samples
+            read from a shard before its fault are kept; 0 stops at the first bad shard.
+        check_manifest: compare local shard sizes with `dataset.json` (where there is one) before
+            streaming, and use its per-shard sample counts to detect shards that end early.
+    """
+
+    train: str = ""
+    val: str = ""
+    resampled: bool = False
+    weights: list[float] = field(default_factory=list)
+    shuffle_buffer: int = 1000
+    shuffle_shards: bool = True
+    seed: int = 0
+    num_workers: int = 2
+    max_skip_fraction: float = 0.05
+    check_manifest: bool = True

@@ -1,0 +1,256 @@
+"""The per-worker sample stream: shards -> raw samples -> shuffle buffer -> map_fn -> batches.
+
+Every DataLoader worker plays one *role* w in [0, W) (W = max(1, num_workers)) on rank r of R.
+Role w reads, per epoch e:
+    plain:     perm_e[r::R][w::W], perm_e = shard indices permuted with (seed, e) (identity
+               without shuffle_shards), so an epoch visits every shard exactly once over all roles;
+    resampled: ceil(N / (R*W)) shards drawn with replacement (per-shard weights) with an RNG
+               seeded from (seed, e, r, w).
+Samples of the epoch go through a shuffle buffer seeded from (seed, e, r, w) that is flushed at
+the epoch's end, then through `map_fn`, then into batches of `batch_size` (collated here, in the
+worker). Each batch travels with its position (role, epoch, samples of the epoch consumed after
+it): a role restarted at (e, o) skips epochs before e by number and replays the first o samples
+of epoch e as raw bytes (no decode, no map_fn) through the same shuffle buffer, so everything
+after o comes out exactly as before. The global python/numpy/torch RNGs are re-seeded before each
+batch's map_fn calls from (seed, e, r, w, batch start), so random augmentations replay too.
+
+An unreadable shard (truncated, corrupt, missing) is logged, counted and skipped; the samples
+read from it before the fault are kept. Replay meets the same fault at the same place, so resume
+stays exact as long as the damage does not change in between.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+import random
+from dataclasses import dataclass
+from itertools import islice
+from typing import Any, Callable, Iterable, Iterator
+
+import numpy as np
+import torch
+from torch.utils.data import IterableDataset, get_worker_info
+
+from corefm.data.errors import DataError, SkipSample, one_line
+from corefm.data.shards import READ_ERRORS, iter_shard
+
+log = logging.getLogger("corefm.data")
+
+MapFn = Callable[[dict[str, Any]], Any]
+CollateFn = Callable[[list[Any]], Any]
+
+_LOGGED_SKIPS = 5  # SkipSample warnings per role before going quiet (they are still counted)
+
+
+def seed_int(*parts: object) -> int:
+    """A 63-bit seed from any parts; stable across processes and Python versions."""
+    digest = hashlib.blake2b("/".join(map(str, parts)).encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") >> 1
+
+
+def shuffle_buffer(samples: Iterable[Any], size: int, rng: random.Random) -> Iterator[Any]:
+    """Buffered shuffle: fill `size` items, then emit a random one per new item; flush at end.
+
+    The output order depends only on the input sequence and `rng`, which is what lets resume
+    replay it from raw samples.
+    """
+    if size <= 1:
+        yield from samples
+        return
+    buf: list[Any] = []
+    for item in samples:
+        if len(buf) < size:
+            buf.append(item)
+            continue
+        i = rng.randrange(size)
+        out, buf[i] = buf[i], item
+        yield out
+    rng.shuffle(buf)
+    yield from buf
+
+
+class _SeededGlobalRngs:
+    """Seed python/numpy/torch global RNGs for one batch's map_fn calls.
+
+    In the main process (num_workers=0) the trainer's RNG states are saved before and restored
+    after, so data augmentation neither consumes nor depends on the training RNG stream.
+    """
+
+    def __init__(self, seed: int, restore: bool) -> None:
+        self.seed, self.restore = seed, restore
+
+    def __enter__(self) -> None:
+        if self.restore:
+            self.saved = (random.getstate(), np.random.get_state(), torch.get_rng_state())
+        random.seed(self.seed)
+        np.random.seed(self.seed % (1 << 32))
+        # the CPU generator only: torch.manual_seed would also reseed the trainer's CUDA RNGs
+        torch.default_generator.manual_seed(self.seed)
+
+    def __exit__(self, *exc: object) -> None:
+        if self.restore:
+            random.setstate(self.saved[0])
+            np.random.set_state(self.saved[1])
+            torch.set_rng_state(self.saved[2])
+
+
+@dataclass
+class _Counters:
+    """Per-role health counters since this worker started (resume replay included)."""
+
+    shards_opened: int = 0
+    skipped_shards: int = 0
+    skipped_samples: int = 0
+
+
+@dataclass
+class StreamSpec:
+    """Everything that fixes the order of a stream (see the module docstring).
+
+    urls: all shards, flat; url_weights: per-shard weight (resampled mode only);
+    epochs: None for an infinite stream; expected_samples: url -> count from manifests.
+    """
+
+    urls: list[str]
+    rank: int
+    world_size: int
+    num_workers: int
+    batch_size: int
+    seed: int = 0
+    resampled: bool = False
+    url_weights: list[float] | None = None
+    shuffle_shards: bool = True
+    shuffle_buffer: int = 1000
+    drop_last: bool = True
+    epochs: int | None = None
+    max_skip_fraction: float = 0.05
+    expected_samples: dict[str, int] | None = None
+
+    @property
+    def roles(self) -> int:
+        return max(1, self.num_workers)
+
+    def epoch_shards(self, epoch: int, role: int) -> list[str]:
+        """The shards role `role` of this rank reads in `epoch`, in reading order."""
+        n, r, world, roles = len(self.urls), self.rank, self.world_size, self.roles
+        if self.resampled:
+            rng = random.Random(seed_int("corefm-shards", self.seed, epoch, r, role))
+            return rng.choices(self.urls, weights=self.url_weights, k=math.ceil(n / (world * roles)))
+        order = list(range(n))
+        if self.shuffle_shards:
+            random.Random(seed_int("corefm-shard-perm", self.seed, epoch)).shuffle(order)
+        return [self.urls[i] for i in order[r::world][role::roles]]
+
+
+class ShardStream(IterableDataset):
+    """IterableDataset yielding `(collated_batch, position)` per batch; see the module docstring.
+
+    position = {"role", "epoch", "offset", "shards_opened", "skipped_shards", "skipped_samples"}.
+    A DataError inside a worker is yielded as `(None, {"role": w, "error": message})` instead of
+    raised, so the main process gets the one-line message rather than a wrapped traceback.
+
+    Args:
+        spec: the order-defining settings.
+        map_fn: raw sample -> sample (decode + transform); raise SkipSample to drop one.
+        collate_fn: list of samples -> batch.
+        rotation: DataLoader worker i plays role (i + rotation) % roles (resume after n batches
+            uses rotation n % roles, since the in-order DataLoader takes worker 0's batch first).
+        start: per role (epoch, offset) to resume from; default (0, 0) for all.
+    """
+
+    def __init__(
+        self,
+        spec: StreamSpec,
+        map_fn: MapFn,
+        collate_fn: CollateFn,
+        rotation: int = 0,
+        start: list[tuple[int, int]] | None = None,
+    ) -> None:
+        super().__init__()
+        self.spec, self.map_fn, self.collate_fn = spec, map_fn, collate_fn
+        self.rotation = rotation
+        self.start = start or [(0, 0)] * spec.roles
+
+    def __iter__(self) -> Iterator[tuple[Any, dict[str, Any]]]:
+        info = get_worker_info()
+        worker = 0 if info is None else info.id
+        if info is not None and info.num_workers != self.spec.roles:
+            raise DataError(f"stream built for {self.spec.roles} workers runs in {info.num_workers}")
+        role = (worker + self.rotation) % self.spec.roles
+        epoch, offset = self.start[role]
+        try:
+            yield from self._role_batches(role, epoch, offset, restore_rngs=info is None)
+        except DataError as err:
+            yield None, {"role": role, "error": str(err)}
+
+    def _read(self, shards: list[str], counters: _Counters, role: int) -> Iterator[dict[str, Any]]:
+        """Raw samples of `shards` in order; unreadable shards are logged, counted, skipped."""
+        spec, expected = self.spec, self.spec.expected_samples or {}
+        for url in shards:
+            counters.shards_opened += 1
+            try:
+                yield from iter_shard(url, expected.get(url))
+            except READ_ERRORS as err:
+                counters.skipped_shards += 1
+                reason = f"{type(err).__name__}: {one_line(err)}"
+                log.warning("skipping unreadable shard %s: %s", url, reason)
+                floor = max(counters.shards_opened, len(shards))
+                if counters.skipped_shards > spec.max_skip_fraction * floor:
+                    raise DataError(
+                        f"rank {spec.rank} worker {role}: {counters.skipped_shards} of "
+                        f"{counters.shards_opened} shards unreadable (bound "
+                        f"{spec.max_skip_fraction:.0%}): last was {url}: {reason}"
+                    ) from None
+
+    def _role_batches(
+        self, role: int, start_epoch: int, start_offset: int, restore_rngs: bool
+    ) -> Iterator[tuple[Any, dict[str, Any]]]:
+        spec = self.spec
+        counters = _Counters()
+        epoch = start_epoch
+        while spec.epochs is None or epoch < spec.epochs:
+            shards = spec.epoch_shards(epoch, role)
+            rng = random.Random(seed_int("corefm-samples", spec.seed, epoch, spec.rank, role))
+            samples = shuffle_buffer(self._read(shards, counters, role), spec.shuffle_buffer, rng)
+            skip = start_offset if epoch == start_epoch else 0
+            # resume replay: raw samples only, never decoded or mapped
+            consumed = sum(1 for _ in islice(samples, skip))
+            batches = 0
+            while True:
+                seed = seed_int("corefm-map", spec.seed, epoch, spec.rank, role, consumed)
+                with _SeededGlobalRngs(seed, restore_rngs):
+                    batch, consumed, done = self._fill(samples, consumed, counters, role)
+                if len(batch) == spec.batch_size or (batch and not spec.drop_last):
+                    position = {"role": role, "epoch": epoch, "offset": consumed, **vars(counters)}
+                    yield self.collate_fn(batch), position
+                    batches += 1
+                if done:
+                    break
+            if batches == 0 and skip == 0 and spec.epochs is None:
+                # an infinite stream that cannot fill one batch per epoch would spin forever
+                raise DataError(
+                    f"rank {spec.rank} worker {role}: epoch {epoch} gave {consumed} samples from "
+                    f"{len(shards)} shards ({counters.skipped_samples} skipped so far), not one "
+                    f"batch of {spec.batch_size}: use fewer workers or ranks, or a smaller batch"
+                )
+            epoch += 1
+
+    def _fill(
+        self, samples: Iterator[dict[str, Any]], consumed: int, counters: _Counters, role: int
+    ) -> tuple[list[Any], int, bool]:
+        """Map samples until a batch is full; returns (batch, consumed, epoch_exhausted)."""
+        batch: list[Any] = []
+        size, map_fn = self.spec.batch_size, self.map_fn
+        for raw in samples:
+            consumed += 1
+            try:
+                batch.append(map_fn(raw))
+            except SkipSample as err:
+                counters.skipped_samples += 1
+                if counters.skipped_samples <= _LOGGED_SKIPS:
+                    log.warning("skipping sample %s from %s: %s", raw.get("__key__"), raw.get("__url__"), one_line(err))
+            if len(batch) == size:
+                return batch, consumed, False
+        return batch, consumed, True
