@@ -1,0 +1,143 @@
+"""The ``corefm`` command: train, eval, export, release and data tools.
+
+Projects plug in by defining ``add_cli(commands, data_commands)`` in their package ``__init__``
+(called with the top-level and the ``corefm data`` sub-command tables); their models, tasks and
+release writers register on import.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from corefm.errors import CorefmError
+
+EPILOG = "Every command prints a one-line 'corefm: error: ...' on bad input and exits with code 2."
+
+
+def _add_train(sub) -> None:
+    p = sub.add_parser("train", help="train a recipe (one or many processes, one or many nodes)",
+                       description="Train RECIPE through DeepSpeed. Re-running the same command resumes "
+                                   "from the run's latest checkpoint.", epilog=EPILOG)
+    p.add_argument("recipe", help="YAML recipe (see projects/*/configs/)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a recipe key, e.g. --set train.max_steps=200 (repeatable)")
+    p.add_argument("--nproc", type=int, default=1, help="processes on this node (GPUs, or CPU ranks)")
+    p.add_argument("--nnodes", type=int, default=1, help="number of nodes (static multi-node)")
+    p.add_argument("--node-rank", type=int, default=0, help="this node's index in 0..nnodes-1")
+    p.add_argument("--master-addr", default="127.0.0.1", help="address of node 0")
+    p.add_argument("--master-port", type=int, default=0, help="port on node 0 (default: a free one, single node)")
+    p.add_argument("--hostfile", default="", help="DeepSpeed hostfile: launch on its nodes via pdsh/ssh")
+    p.set_defaults(func=cmd_train)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from corefm.data.urls import expand_urls
+    from corefm.train.config import load_recipe
+    from launch.runner import LaunchSpec, launch
+
+    # Validate in this process so a typo or a missing shard costs one line, not N tracebacks.
+    recipe = load_recipe(args.recipe, args.overrides)
+    for spec in (recipe.data.train, recipe.data.val):
+        if spec:
+            expand_urls(spec)
+    worker_args = [args.recipe, *sum((["--set", o] for o in args.overrides), [])]
+    spec = LaunchSpec(nproc=args.nproc, nnodes=args.nnodes, node_rank=args.node_rank,
+                      master_addr=args.master_addr, master_port=args.master_port, hostfile=args.hostfile)
+    return launch(spec, worker_args)
+
+
+def _add_eval(sub) -> None:
+    p = sub.add_parser("eval", help="evaluate a finished run on held-out shards",
+                       description="Load RUN_DIR/model.safetensors and evaluate on the recipe's data.val "
+                                   "(or --data).", epilog=EPILOG)
+    p.add_argument("run_dir")
+    p.add_argument("--data", default="", help="shards to evaluate on instead of the recipe's data.val")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    p.set_defaults(func=cmd_eval)
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from corefm.train.evaluate import evaluate_run
+
+    metrics = evaluate_run(Path(args.run_dir), args.data, args.overrides)
+    print(json.dumps(metrics, indent=2))
+    return 0
+
+
+def _add_export(sub) -> None:
+    p = sub.add_parser("export", help="consolidate the latest checkpoint into fp32 model.safetensors",
+                       epilog=EPILOG)
+    p.add_argument("run_dir")
+    p.add_argument("--out", default="", help="output file (default RUN_DIR/model.safetensors)")
+    p.set_defaults(func=cmd_export)
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from corefm.train.evaluate import export_run
+
+    print(export_run(Path(args.run_dir), Path(args.out) if args.out else None))
+    return 0
+
+
+def _add_release(sub) -> None:
+    p = sub.add_parser("release", help="write a release folder and push it to the Hugging Face Hub",
+                       description="Write OUT with weights, config and a model card. Without --push this "
+                                   "is a dry run listing what would be uploaded. The token is read from "
+                                   "HF_TOKEN.", epilog=EPILOG)
+    p.add_argument("run_dir")
+    p.add_argument("--out", required=True, help="release folder to write")
+    p.add_argument("--push", default="", metavar="ORG/NAME", help="upload to this Hub repository")
+    p.add_argument("--private", action="store_true", help="create the Hub repository as private")
+    p.set_defaults(func=cmd_release)
+
+
+def cmd_release(args: argparse.Namespace) -> int:
+    from corefm.hub.release import release
+
+    release(Path(args.run_dir), Path(args.out), args.push, args.private)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from corefm.registry import load_projects
+
+    parser = argparse.ArgumentParser(prog="corefm", description="Train, evaluate and release corefm models.",
+                                     epilog=EPILOG)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _add_train(sub)
+    _add_eval(sub)
+    _add_export(sub)
+    _add_release(sub)
+    from data_tools.cli import add_cli as add_data_cli
+
+    data_sub = add_data_cli(sub)
+    load_projects()
+    import projects
+
+    for name, module in sorted(vars(projects).items()):
+        if hasattr(module, "add_cli") and not name.startswith("_"):
+            module.add_cli(sub, data_sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    from corefm.quiet import quiet_libraries
+
+    quiet_libraries()
+    try:
+        parser = build_parser()
+        args = parser.parse_args(argv)
+        return args.func(args)
+    except CorefmError as e:
+        print(f"corefm: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("corefm: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Release folders (safetensors + config + model card) and pushing them to the Hugging Face Hub."""

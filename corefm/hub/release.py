@@ -1,0 +1,110 @@
+"""Write a release folder from a finished run and push it to the Hub (or list what would go).
+
+The generic release holds ``model.safetensors`` (fp32, names as the model's state dict),
+``config.json`` (the recipe's model section, with ``corefm_model`` naming the registered
+builder), ``recipe.json`` and a generated ``README.md`` model card. Projects whose users expect
+another layout (OpenELM for ``transformers``, CLIP for ``open_clip``) register their own writer
+with :func:`register_release`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Callable
+
+from corefm.errors import CheckpointError, CorefmError
+
+ReleaseWriter = Callable[[Path, Path, dict], list[Path]]
+WRITERS: dict[str, ReleaseWriter] = {}
+
+
+def register_release(model_name: str):
+    """Decorator: ``writer(run_dir, out_dir, recipe) -> files`` for runs of ``model_name``."""
+    def wrap(fn: ReleaseWriter) -> ReleaseWriter:
+        WRITERS[model_name] = fn
+        return fn
+    return wrap
+
+
+def read_run(run_dir: Path) -> tuple[dict, dict]:
+    """The run's resolved recipe and final metrics; a clear error if the run did not finish."""
+    recipe_file, final_file = run_dir / "recipe.json", run_dir / "final.json"
+    if not recipe_file.is_file():
+        raise CheckpointError(f"{run_dir} is not a corefm run folder (no recipe.json)")
+    if not final_file.is_file() or not (run_dir / "model.safetensors").is_file():
+        raise CheckpointError(f"{run_dir} has no final.json/model.safetensors: finish the run "
+                              f"or export it with `corefm export {run_dir}`")
+    return json.loads(recipe_file.read_text()), json.loads(final_file.read_text())
+
+
+def model_card(recipe: dict, final: dict, title: str, extra: str = "") -> str:
+    model = recipe["model"]
+    rows = "\n".join(f"| {k} | {v} |" for k, v in model.items())
+    data = recipe.get("data", {})
+    train = recipe.get("train", {})
+    steps = final.get("step", 0)
+    seen = steps * train.get("micro_batch_size", 0) * train.get("grad_accum", 1)
+    evals = "\n".join(f"| {k} | {v:.4f} |" if isinstance(v, float) else f"| {k} | {v} |"
+                      for k, v in (final.get("eval") or {}).items()) or "| (none) | |"
+    return f"""---
+library_name: corefm
+tags: [corefm, {recipe['task']['name']}, {model['name']}]
+---
+# {title}
+
+Trained with corefm: recipe task `{recipe['task']['name']}`, model `{model['name']}`.
+
+## Architecture
+| field | value |
+|---|---|
+{rows}
+
+## Training
+- data: `{data.get('train', '')}` (validation: `{data.get('val', '')}`)
+- steps: {steps}, samples seen per rank group: {seen} x ranks
+- optimizer: AdamW lr {recipe.get('optim', {}).get('lr')}, schedule {recipe.get('schedule', {}).get('name')}
+- final training loss: {final.get('loss')}
+
+## Evaluation (held-out)
+| metric | value |
+|---|---|
+{evals}
+{extra}"""
+
+
+def write_generic(run_dir: Path, out_dir: Path, recipe: dict) -> list[Path]:
+    _, final = read_run(run_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(run_dir / "model.safetensors", out_dir / "model.safetensors")
+    model = dict(recipe["model"])
+    config = {"corefm_model": model.pop("name"), **model}
+    (out_dir / "config.json").write_text(json.dumps(config, indent=2))
+    (out_dir / "recipe.json").write_text(json.dumps(recipe, indent=2))
+    (out_dir / "README.md").write_text(model_card(recipe, final, f"{config['corefm_model']} ({run_dir.name})"))
+    return [out_dir / n for n in ("model.safetensors", "config.json", "recipe.json", "README.md")]
+
+
+def release(run_dir: Path, out_dir: Path, push: str = "", private: bool = False) -> list[Path]:
+    """Write the release folder; with ``push="org/name"`` upload it, else print a dry run."""
+    recipe, _ = read_run(run_dir)
+    writer = WRITERS.get(recipe["model"]["name"], write_generic)
+    files = writer(run_dir, out_dir, recipe)
+    if push:
+        token = os.environ.get("HF_TOKEN") or os.environ.get("HUGGING_FACE_HUB_TOKEN")
+        if not token:
+            raise CorefmError("--push needs a token in HF_TOKEN (it is read from the environment, never printed)")
+        from huggingface_hub import HfApi
+
+        api = HfApi(token=token)
+        api.create_repo(push, exist_ok=True, private=private)
+        api.upload_folder(repo_id=push, folder_path=str(out_dir), commit_message=f"corefm release of {run_dir.name}")
+        print(f"pushed {len(files)} files to https://huggingface.co/{push}")
+    else:
+        print(f"dry run (add --push org/name to upload): {out_dir} would upload")
+        for f in sorted(out_dir.rglob("*")):
+            if f.is_file():
+                print(f"  {f.relative_to(out_dir)}  {f.stat().st_size:,} bytes")
+    return files

@@ -1,0 +1,47 @@
+"""The task contract: a batch goes in, a dict with ``loss`` comes out.
+
+The trainer knows nothing about CLIP or LMs. A task wraps the model (so DeepSpeed's engine
+wraps the task and every forward goes through it, which ZeRO-3's parameter hooks need), says how
+a raw shard sample becomes tensors (run in data workers), and how evaluation sums reduce to
+metrics.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+
+class Task(nn.Module):
+    """Base class. Subclasses hold the model as ``self.model``.
+
+    ``forward(batch, mode="train")`` returns ``{"loss": scalar, **scalars_to_log}``; it may also
+    return ``"num_tokens"`` (tokens in the micro-batch) for tokens/s. With ``mode="eval"`` it
+    returns additive sums (e.g. ``{"correct": n, "count": n}``) that the trainer all-reduces over
+    ranks and batches before :meth:`eval_metrics` turns them into metrics.
+    """
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def sample_transform(self, train: bool) -> Callable[[dict], dict]:
+        """Return ``fn(sample) -> dict of tensors/numbers`` run on each decoded shard sample."""
+        raise TypeError(f"{type(self).__name__} must define sample_transform")
+
+    def collate(self, samples: list[dict]) -> dict:
+        """Stack samples into a batch; the default stacks tensors key by key."""
+        return torch.utils.data.default_collate(samples)
+
+    def eval_metrics(self, sums: dict[str, float]) -> dict[str, float]:
+        """Turn all-reduced eval sums into metrics; default: report the sums."""
+        return dict(sums)
+
+    def export_state_dict(self, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Map the task's state dict (``model.``-prefixed) to the release's; default strips the prefix."""
+        return {k.removeprefix("model."): v for k, v in state.items() if k.startswith("model.")}
+
+    def forward(self, batch: dict[str, Any], mode: str = "train") -> dict[str, torch.Tensor]:
+        raise TypeError(f"{type(self).__name__} must define forward")

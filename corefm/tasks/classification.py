@@ -1,0 +1,95 @@
+"""Image classification: cross-entropy on ``cls`` labels, accuracy on held-out shards.
+
+Shards hold an image (``png``/``jpg``/... or ``npy`` array) and an integer ``cls``. The model is
+any ``nn.Module`` mapping ``(B, C, H, W)`` float images to ``(B, num_classes)`` logits.
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from corefm.data.errors import SkipSample
+from corefm.registry import register_task
+from corefm.tasks.base import Task
+
+IMAGE_KEYS = ("png", "jpg", "jpeg", "webp", "bmp", "tiff", "tif", "ppm")
+
+
+@dataclass
+class ClassificationConfig:
+    image_size: int = 32
+    channels: int = 3
+    mean: float = 0.5
+    std: float = 0.5
+    label_smoothing: float = 0.0
+    # Train-time augmentation: random shifts of up to this many pixels (0 = none).
+    max_shift: int = 0
+
+
+def load_image(sample: dict, channels: int) -> Image.Image:
+    """Find the image in a raw or decoded sample and convert it to L or RGB."""
+    for key in IMAGE_KEYS:
+        if key in sample:
+            value = sample[key]
+            try:
+                img = Image.open(io.BytesIO(value)) if isinstance(value, bytes) else value
+                img.load()
+            except Exception as e:  # noqa: BLE001 - any decoder failure makes the sample unusable
+                raise SkipSample(f"undecodable {key} image in {sample.get('__key__')}: {e}") from e
+            return img.convert("L" if channels == 1 else "RGB")
+    if "npy" in sample:
+        return Image.fromarray(np.asarray(sample["npy"], dtype=np.uint8))
+    raise SkipSample(f"sample {sample.get('__key__')} has no image key (looked for {', '.join(IMAGE_KEYS)}, npy)")
+
+
+class ClassificationTask(Task):
+    def __init__(self, cfg: ClassificationConfig, model: torch.nn.Module):
+        super().__init__(model)
+        self.cfg = cfg
+
+    def sample_transform(self, train: bool) -> Callable[[dict], dict]:
+        cfg = self.cfg
+
+        def transform(sample: dict) -> dict:
+            if "cls" not in sample:
+                raise SkipSample(f"sample {sample.get('__key__')} has no 'cls' label")
+            img = load_image(sample, cfg.channels).resize((cfg.image_size, cfg.image_size), Image.BILINEAR)
+            x = torch.from_numpy(np.asarray(img, dtype=np.float32) / 255.0)
+            x = x.unsqueeze(0) if x.ndim == 2 else x.permute(2, 0, 1)
+            if train and cfg.max_shift > 0:
+                # The loader seeds numpy's global RNG per batch, so a resumed run replays this.
+                dy, dx = np.random.randint(-cfg.max_shift, cfg.max_shift + 1, size=2)
+                x = torch.roll(x, shifts=(int(dy), int(dx)), dims=(1, 2))
+            label = sample["cls"]
+            return {"image": (x - cfg.mean) / cfg.std, "label": torch.tensor(int(label))}
+
+        return transform
+
+    def forward(self, batch: dict[str, Any], mode: str = "train") -> dict[str, torch.Tensor]:
+        logits = self.model(batch["image"]).float()
+        labels = batch["label"]
+        if mode == "eval":
+            return {
+                "correct": (logits.argmax(-1) == labels).sum().float(),
+                "count": torch.tensor(float(labels.numel())),
+                "loss_sum": F.cross_entropy(logits, labels, reduction="sum"),
+            }
+        loss = F.cross_entropy(logits, labels, label_smoothing=self.cfg.label_smoothing)
+        acc = (logits.argmax(-1) == labels).float().mean()
+        return {"loss": loss, "acc": acc}
+
+    def eval_metrics(self, sums: dict[str, float]) -> dict[str, float]:
+        n = max(sums.get("count", 0.0), 1.0)
+        return {"accuracy": sums["correct"] / n, "loss": sums["loss_sum"] / n, "samples": sums["count"]}
+
+
+@register_task("classification", ClassificationConfig)
+def build_classification(cfg: ClassificationConfig, model: torch.nn.Module, recipe: Any) -> Task:
+    return ClassificationTask(cfg, model)

@@ -1,0 +1,57 @@
+"""``corefm data ...``: build, inspect and verify shard sets."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def add_cli(sub):
+    """Add ``corefm data``; returns its sub-command table so projects can add data tools to it."""
+    p = sub.add_parser("data", help="build, inspect and verify webdataset shard sets")
+    dsub = p.add_subparsers(dest="data_command", required=True, metavar="DATA_COMMAND")
+
+    img = dsub.add_parser("images", help="image-classification shards from digits, fashion-mnist or a folder")
+    img.add_argument("--source", default="digits", help="digits | fashion-mnist | folder:PATH (default digits)")
+    img.add_argument("--out", required=True, help="output folder (gets train/ and val/ shard sets)")
+    img.add_argument("--train-shards", type=int, default=8)
+    img.add_argument("--val-shards", type=int, default=4)
+    img.set_defaults(func=_images)
+
+    ins = dsub.add_parser("inspect", help="summarise a shard set's dataset.json and first sample")
+    ins.add_argument("path", help="folder with dataset.json")
+    ins.set_defaults(func=_inspect)
+
+    ver = dsub.add_parser("verify", help="check every shard's size and sha256 against dataset.json")
+    ver.add_argument("path", help="folder with dataset.json")
+    ver.set_defaults(func=_verify)
+    return dsub
+
+
+def _images(args: argparse.Namespace) -> int:
+    from data_tools.images import build
+
+    for split, path in build(args.source, Path(args.out), args.train_shards, args.val_shards).items():
+        print(f"{split}: {path}")
+    return 0
+
+
+def _inspect(args: argparse.Namespace) -> int:
+    from corefm.data import load_manifest
+
+    m = load_manifest(Path(args.path))
+    print(f"{args.path}: {len(m.shards)} shards, {m.total_samples:,} samples, keys {', '.join(m.keys)}")
+    print(f"producer: {m.producer}")
+    for s in m.shards[:5]:
+        print(f"  {s.name}: {s.samples} samples, {s.bytes:,} bytes")
+    if len(m.shards) > 5:
+        print(f"  ... {len(m.shards) - 5} more")
+    return 0
+
+
+def _verify(args: argparse.Namespace) -> int:
+    from corefm.data.manifest import verify
+
+    verify(Path(args.path))
+    print(f"{args.path}: all shards match dataset.json")
+    return 0

@@ -1,0 +1,114 @@
+"""Start a recipe on N local processes, on the nodes of a hostfile, or under SLURM.
+
+* one node: this module spawns ``nproc`` workers itself (env ``RANK``, ``WORLD_SIZE``,
+  ``LOCAL_RANK``, ``MASTER_ADDR``, ``MASTER_PORT``), forwards SIGTERM/SIGINT to them, and if
+  one fails stops the others and prints the failing rank's one-line error (no traceback wall).
+* several nodes, static: run the same command on every node with ``--nnodes``, ``--node-rank``
+  and ``--master-addr`` (what ``launch/slurm.sbatch`` does with SLURM's variables).
+* several nodes from a hostfile: hands over to DeepSpeed's launcher (``deepspeed --hostfile``),
+  which starts one copy per node over pdsh/ssh.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+WORKER = ["-m", "corefm.train.worker"]
+
+
+@dataclass
+class LaunchSpec:
+    nproc: int = 1
+    nnodes: int = 1
+    node_rank: int = 0
+    master_addr: str = "127.0.0.1"
+    master_port: int = 0  # 0 = a free port (single node only)
+    hostfile: str = ""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def deepspeed_command(spec: LaunchSpec, worker_args: list[str]) -> list[str]:
+    """The ``deepspeed`` launcher command for a hostfile run (one process per slot)."""
+    if not Path(spec.hostfile).is_file():
+        raise FileNotFoundError(f"hostfile not found: {spec.hostfile}")
+    exe = shutil.which("deepspeed") or "deepspeed"
+    return [exe, "--hostfile", spec.hostfile, "--master_addr", spec.master_addr,
+            "--master_port", str(spec.master_port or 29500), "--no_local_rank",
+            "--module", WORKER[1], *worker_args]
+
+
+def run_local(spec: LaunchSpec, worker_args: list[str]) -> int:
+    """Spawn this node's workers and wait; returns the exit code for the whole run."""
+    if spec.nnodes > 1 and not spec.master_port:
+        raise ValueError("--master-port is required with --nnodes > 1 (every node must agree)")
+    port = spec.master_port or free_port()
+    world = spec.nproc * spec.nnodes
+    err_dir = Path(tempfile.mkdtemp(prefix="corefm-errors-"))
+    procs: list[subprocess.Popen] = []
+    for local in range(spec.nproc):
+        rank = spec.node_rank * spec.nproc + local
+        env = dict(os.environ, RANK=str(rank), LOCAL_RANK=str(local), WORLD_SIZE=str(world),
+                   LOCAL_WORLD_SIZE=str(spec.nproc), MASTER_ADDR=spec.master_addr, MASTER_PORT=str(port),
+                   COREFM_ERROR_FILE=str(err_dir / f"rank{rank}.txt"))
+        # Processes share the cores of this node; without this each would start one thread per core.
+        env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // spec.nproc)))
+        procs.append(subprocess.Popen([sys.executable, *WORKER, *worker_args], env=env))
+
+    def forward(signum: int, frame: object) -> None:
+        for p in procs:
+            if p.poll() is None:
+                p.send_signal(signum)
+
+    old = {s: signal.signal(s, forward) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        code = _wait(procs)
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+    messages = [f.read_text().strip() for f in sorted(err_dir.glob("rank*.txt"))]
+    shutil.rmtree(err_dir, ignore_errors=True)
+    if code and messages:
+        print(f"corefm: error: {messages[0]}", file=sys.stderr)
+    elif code:
+        print(f"corefm: error: a worker exited with code {code} (see its output above)", file=sys.stderr)
+    return code
+
+
+def _wait(procs: list[subprocess.Popen], grace: float = 10.0) -> int:
+    """Wait for all; once one fails, give the rest ``grace`` seconds, then kill them."""
+    failed_at, first_bad = None, 0
+    while True:
+        codes = [p.poll() for p in procs]
+        if all(c is not None for c in codes):
+            return first_bad or next((c for c in codes if c), 0)
+        bad = [c for c in codes if c not in (None, 0)]
+        if bad and failed_at is None:
+            failed_at, first_bad = time.monotonic(), bad[0]
+            for p in procs:  # peers are likely blocked in a collective: ask them to stop
+                if p.poll() is None:
+                    p.terminate()
+        if failed_at is not None and time.monotonic() - failed_at > grace:
+            for p in procs:
+                if p.poll() is None:
+                    p.kill()
+        time.sleep(0.2)
+
+
+def launch(spec: LaunchSpec, worker_args: list[str]) -> int:
+    if spec.hostfile:
+        return subprocess.call(deepspeed_command(spec, worker_args))
+    return run_local(spec, worker_args)

@@ -1,0 +1,49 @@
+"""Helpers for end-to-end runs: build `corefm` commands, run them, read their metrics."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+RECIPE = ROOT / "projects/vit/configs/digits_tiny.yaml"
+
+
+def small_overrides(data: Path, run_dir: Path, **extra) -> list[str]:
+    """A tiny, fast version of the demo recipe (same code path, smaller model)."""
+    sets = {"run_dir": str(run_dir), "data.train": str(data / "train"), "data.val": str(data / "val"),
+            "model.width": 32, "model.layers": 2, "model.heads": 2, "train.max_steps": 24,
+            "train.micro_batch_size": 16, "checkpoint.every": 8, "log.every": 1, "log.progress": False,
+            "log.wandb": False, "eval.every": 0, "schedule.warmup_steps": 4}
+    sets.update(extra)
+    return [f"{k}={v}" for k, v in sets.items()]
+
+
+def corefm_cmd(*args: str) -> list[str]:
+    return [sys.executable, "-m", "corefm.cli", *args]
+
+
+def train_cmd(overrides: list[str], nproc: int = 2, recipe: Path = RECIPE) -> list[str]:
+    return corefm_cmd("train", str(recipe), "--nproc", str(nproc), *sum((["--set", o] for o in overrides), []))
+
+
+def run(cmd: list[str], timeout: float = 300) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env, cwd=ROOT)
+
+
+def losses(run_dir: Path) -> dict[int, float]:
+    """Per-step training loss from metrics.jsonl; a resumed step keeps its latest value."""
+    out = {}
+    for line in (run_dir / "metrics.jsonl").read_text().splitlines():
+        rec = json.loads(line)
+        if rec["kind"] == "train":
+            out[rec["step"]] = rec["loss"]
+    return out
+
+
+def final(run_dir: Path) -> dict:
+    return json.loads((run_dir / "final.json").read_text())
