@@ -30,6 +30,8 @@ def _add_train(sub) -> None:
     p.add_argument("--master-addr", default="127.0.0.1", help="address of node 0")
     p.add_argument("--master-port", type=int, default=0, help="port on node 0 (default: a free one, single node)")
     p.add_argument("--hostfile", default="", help="DeepSpeed hostfile: launch on its nodes via pdsh/ssh")
+    p.add_argument("--launcher", choices=("corefm", "deepspeed"), default="corefm",
+                   help="who starts the local processes: corefm (one-line errors) or DeepSpeed's launcher")
     p.set_defaults(func=cmd_train)
 
 
@@ -45,7 +47,8 @@ def cmd_train(args: argparse.Namespace) -> int:
             expand_urls(spec)
     worker_args = [args.recipe, *sum((["--set", o] for o in args.overrides), [])]
     spec = LaunchSpec(nproc=args.nproc, nnodes=args.nnodes, node_rank=args.node_rank,
-                      master_addr=args.master_addr, master_port=args.master_port, hostfile=args.hostfile)
+                      master_addr=args.master_addr, master_port=args.master_port, hostfile=args.hostfile,
+                      launcher=args.launcher)
     return launch(spec, worker_args)
 
 

@@ -33,6 +33,7 @@ class LaunchSpec:
     master_addr: str = "127.0.0.1"
     master_port: int = 0  # 0 = a free port (single node only)
     hostfile: str = ""
+    launcher: str = "corefm"  # "corefm" (this module) or "deepspeed" (DeepSpeed's launcher)
 
 
 def free_port() -> int:
@@ -42,13 +43,17 @@ def free_port() -> int:
 
 
 def deepspeed_command(spec: LaunchSpec, worker_args: list[str]) -> list[str]:
-    """The ``deepspeed`` launcher command for a hostfile run (one process per slot)."""
-    if not Path(spec.hostfile).is_file():
+    """The ``deepspeed`` launcher command: over a hostfile's nodes, or ``nproc`` local processes."""
+    if spec.hostfile and not Path(spec.hostfile).is_file():
         raise FileNotFoundError(f"hostfile not found: {spec.hostfile}")
-    exe = shutil.which("deepspeed") or "deepspeed"
-    return [exe, "--hostfile", spec.hostfile, "--master_addr", spec.master_addr,
-            "--master_port", str(spec.master_port or 29500), "--no_local_rank",
-            "--module", WORKER[1], *worker_args]
+    # The launcher beside this interpreter (a venv need not be activated), else the one on PATH.
+    beside = Path(sys.executable).parent / "deepspeed"
+    exe = str(beside) if beside.is_file() else shutil.which("deepspeed")
+    if exe is None:
+        raise FileNotFoundError("DeepSpeed's launcher `deepspeed` is not installed beside this Python or on PATH")
+    where = ["--hostfile", spec.hostfile] if spec.hostfile else ["--num_gpus", str(spec.nproc)]
+    return [exe, *where, "--master_addr", spec.master_addr, "--master_port", str(spec.master_port or free_port()),
+            "--no_local_rank", "--module", WORKER[1], *worker_args]
 
 
 def run_local(spec: LaunchSpec, worker_args: list[str]) -> int:
@@ -109,6 +114,6 @@ def _wait(procs: list[subprocess.Popen], grace: float = 10.0) -> int:
 
 
 def launch(spec: LaunchSpec, worker_args: list[str]) -> int:
-    if spec.hostfile:
+    if spec.hostfile or spec.launcher == "deepspeed":
         return subprocess.call(deepspeed_command(spec, worker_args))
     return run_local(spec, worker_args)

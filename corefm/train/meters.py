@@ -7,8 +7,9 @@ Nothing is hard-coded: machines differ, and a CPU with AMX runs bf16 several tim
 
 from __future__ import annotations
 
+import contextlib
 import time
-from typing import Callable, TypeVar
+from typing import Callable, Iterator, TypeVar
 
 import torch
 import torch.distributed as dist
@@ -59,7 +60,17 @@ class Throughput:
 
     def reset(self) -> None:
         self.start = time.perf_counter()
+        self.excluded = 0.0
         self.samples = self.tokens = self.flops = 0.0
+
+    @contextlib.contextmanager
+    def paused(self) -> Iterator[None]:
+        """Time spent inside (evaluation, checkpointing) does not count against training speed."""
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.excluded += time.perf_counter() - t0
 
     def update(self, samples: float, tokens: float, flops: float) -> None:
         self.samples += samples
@@ -67,7 +78,7 @@ class Throughput:
         self.flops += flops
 
     def read(self) -> dict[str, float]:
-        dt = max(time.perf_counter() - self.start, 1e-9)
+        dt = max(time.perf_counter() - self.start - self.excluded, 1e-9)
         out = {"samples_per_s": self.samples / dt}
         if self.tokens:
             out["tokens_per_s"] = self.tokens / dt

@@ -7,8 +7,6 @@ finite on every rank, and lets DeepSpeed do backward, clipping, ZeRO and the Ada
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 import signal
 import time
@@ -46,8 +44,12 @@ class _StopFlag:
 
 def train(recipe: Recipe) -> dict[str, Any]:
     """Run (or resume) the recipe to ``train.max_steps``; returns the final metrics (rank 0's)."""
-    with contextlib.redirect_stdout(io.StringIO()):  # DeepSpeed prints op-build chatter here
-        deepspeed.init_distributed(dist_backend="nccl" if torch.cuda.is_available() else "gloo")
+    if not torch.cuda.is_available():
+        # DeepSpeed's CPU shared-memory op only speeds up inference_all_reduce (inference
+        # tensor parallelism), which training never calls; skipping it saves a ~40 s compile on
+        # every new machine or venv. DeepSpeed keeps this dict editable for that purpose.
+        deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
+    deepspeed.init_distributed(dist_backend="nccl" if torch.cuda.is_available() else "gloo")
     rank, world = dist.get_rank(), dist.get_world_size()
     run_dir = Path(recipe.run_dir)
     ckpt_root = run_dir / "checkpoints"
@@ -142,7 +144,8 @@ def train(recipe: Recipe) -> dict[str, Any]:
             window.clear()
             meter.reset()
         if recipe.eval.every and step % recipe.eval.every == 0 and step < cfg.max_steps and recipe.data.val:
-            monitor.log(step, evaluate(engine, task, recipe, dtype), kind="eval")
+            with meter.paused():
+                monitor.log(step, evaluate(engine, task, recipe, dtype), kind="eval")
         if all_sum([float(stop.signal is not None)])[0] > 0:
             save()
             monitor.print(f"corefm: stopped by signal at step {step}; checkpoint saved; "
@@ -150,7 +153,8 @@ def train(recipe: Recipe) -> dict[str, Any]:
             monitor.close()
             return {"step": step, "interrupted": True}
         if recipe.checkpoint.every and step % recipe.checkpoint.every == 0 and step < cfg.max_steps:
-            save()
+            with meter.paused():
+                save()
     save()
     final = {"step": step, "loss": metrics.get("loss"), "last_loss": last_loss}
     if recipe.data.val:

@@ -94,11 +94,15 @@ def test_train_eval_export_release(digits, tmp_path):
     assert "accuracy" in card and "vit_classifier" in card
 
 
-def test_help_explains_each_command():
-    for args in (["--help"], ["train", "--help"], ["eval", "--help"], ["release", "--help"],
-                 ["data", "--help"], ["export", "--help"]):
-        r = run(corefm_cmd(*args))
-        assert r.returncode == 0 and "usage: corefm" in r.stdout, (args, r.stderr)
+@pytest.mark.parametrize("command", ["", "train", "eval", "export", "release", "data", "data images"])
+def test_help_explains_each_command(command, capsys):
+    from corefm.cli import main
+
+    with pytest.raises(SystemExit) as e:
+        main([*command.split(), "--help"])
+    assert e.value.code == 0
+    out = capsys.readouterr().out
+    assert out.startswith("usage: corefm") and len(out.splitlines()) > 5
 
 
 def test_bf16_zero1_grad_accum_with_wandb_offline(digits, tmp_path):
@@ -124,3 +128,11 @@ def test_nonfinite_loss_stops_with_its_step(digits, tmp_path):
     assert r.returncode == 2, r.stderr[-3000:]
     line = one_error_line(r.stderr)
     assert "non-finite loss" in line and "at step" in line
+
+
+def test_deepspeeds_own_launcher_runs_the_worker(digits, tmp_path):
+    run_dir = tmp_path / "r"
+    cmd = train_cmd(small_overrides(digits, run_dir, **{"train.max_steps": 6, "checkpoint.every": 3}))
+    r = run(cmd + ["--launcher", "deepspeed"])
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert final(run_dir)["step"] == 6 and sorted(losses(run_dir)) == list(range(1, 7))

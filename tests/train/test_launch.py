@@ -1,0 +1,42 @@
+"""Launcher commands and presets (the runs themselves are in tests/e2e)."""
+
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from corefm.train.config import parse_recipe
+from corefm.train.ds_config import build_ds_config
+from launch.runner import LaunchSpec, deepspeed_command
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_hostfile_goes_through_deepspeeds_launcher(tmp_path):
+    hostfile = tmp_path / "hosts"
+    hostfile.write_text("node-01 slots=8\nnode-02 slots=8\n")
+    cmd = deepspeed_command(LaunchSpec(hostfile=str(hostfile), master_addr="node-01", master_port=29500),
+                            ["r.yaml", "--set", "a=1"])
+    assert Path(cmd[0]).name == "deepspeed"
+    assert cmd[1:] == ["--hostfile", str(hostfile), "--master_addr", "node-01", "--master_port", "29500",
+                       "--no_local_rank", "--module", "corefm.train.worker", "r.yaml", "--set", "a=1"]
+    with pytest.raises(FileNotFoundError, match="hostfile not found"):
+        deepspeed_command(LaunchSpec(hostfile=str(tmp_path / "nope")), [])
+
+
+def test_shell_scripts_parse():
+    for script in ("launch/slurm.sbatch", "launch/setup.sh", "launch/demo.sh", ".ci/run"):
+        assert subprocess.run(["bash", "-n", str(ROOT / script)]).returncode == 0, script
+
+
+@pytest.mark.parametrize("stage", [0, 1, 2, 3])
+def test_ds_config_presets_take_batch_settings_from_recipe(stage):
+    recipe = parse_recipe({"model": {"name": "vit_classifier"}, "task": {"name": "classification"},
+                           "train": {"micro_batch_size": 7, "grad_accum": 3, "grad_clip": 0.5},
+                           "deepspeed": {"zero_stage": stage, "precision": "bf16",
+                                         "config": {"zero_optimization": {"reduce_bucket_size": 123}}}})
+    cfg = build_ds_config(recipe)
+    assert cfg["train_micro_batch_size_per_gpu"] == 7 and cfg["gradient_accumulation_steps"] == 3
+    assert cfg["gradient_clipping"] == 0.5 and cfg["bf16"]["enabled"] is True
+    assert cfg["zero_optimization"]["stage"] == stage
+    assert cfg["zero_optimization"]["reduce_bucket_size"] == 123
