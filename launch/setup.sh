@@ -1,13 +1,27 @@
 #!/usr/bin/env bash
-# Create .venv and install corefm with its pinned dependencies. Idempotent: a second call
-# with an unchanged pyproject.toml returns at once.
+# Create .venv and install corefm with its pinned dependencies, plus the Debian packages that
+# hold the offline demo data (Fashion-MNIST, spoken digits, a speech synthesiser, an MP3
+# encoder). Idempotent: a second call with nothing changed returns at once.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+APT_PACKAGES=(dataset-fashion-mnist asterisk-core-sounds-en-wav espeak-ng lame)
+missing=()
+for pkg in "${APT_PACKAGES[@]}"; do
+  dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "corefm: installing Debian packages: ${missing[*]}"
+  SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
 PY=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
 stamp=.venv/.corefm-installed
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
-  echo "corefm: installing into .venv (torch, deepspeed, open_clip, transformers; ~2 min from a local cache)"
-  .venv/bin/pip install --quiet --disable-pip-version-check -e '.[dev]'
+  echo "corefm: installing into .venv (torch, deepspeed, open_clip, transformers, lm-eval; a few minutes)"
+  .venv/bin/pip install --quiet --disable-pip-version-check -e '.[dev]' 2>&1 | grep -v "is ignored" || true
+  .venv/bin/python -c "import corefm, torch, deepspeed, open_clip, transformers" \
+    || { echo "corefm: the install failed (see pip's output above)"; exit 1; }
   touch "$stamp"
 fi

@@ -43,9 +43,19 @@ def cluster_peak(dtype: torch.dtype) -> float:
     return float(peak.item())
 
 
+def _cpu_attention_flops(q_shape, k_shape, *args, out_shape=None, **kwargs) -> int:
+    """QK^T and AV of one SDPA call, (B, H, Tq, D) x (B, H, Tk, D): 2 matmuls of 2*B*H*Tq*Tk*D."""
+    b, h, tq, d = q_shape
+    return 4 * b * h * tq * k_shape[-2] * d
+
+
+# torch's counter has formulas for the CUDA attention kernels but counts the CPU one as zero.
+ATTENTION_FLOPS = {torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: _cpu_attention_flops}
+
+
 def count_flops(fn: Callable[[], T]) -> tuple[T, int]:
-    """``fn()``'s result and its FLOPs (matmuls, convolutions and attention as torch counts them)."""
-    counter = FlopCounterMode(display=False)
+    """``fn()``'s result and its FLOPs (matmuls, convolutions and attention, CPU kernels included)."""
+    counter = FlopCounterMode(display=False, custom_mapping=ATTENTION_FLOPS)
     with counter:
         result = fn()
     return result, int(counter.get_total_flops())

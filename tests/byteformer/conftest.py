@@ -1,0 +1,22 @@
+"""Shared fixtures: a tiny ByteFormer config and a seeded RNG per test."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(1234)
+    np.random.seed(1234)
+    yield
+
+
+def tiny_model_args(**extra) -> dict:
+    """A ByteFormer small enough for a unit test that still has shifts, merges and several windows."""
+    args = dict(dim=32, heads=2, ffn_dim=64, layers=4, window_size=8, merge_after=[0, 1], kernel_size=4,
+                max_bytes=20000, num_classes=5)
+    args.update(extra)
+    return args
