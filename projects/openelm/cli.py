@@ -1,7 +1,8 @@
-"""``corefm data llama-tokenizer`` and ``corefm data train-tokenizer``.
+"""``corefm data llama-tokenizer|train-tokenizer`` and ``corefm openelm baseline|average|lm-eval|generate``.
 
 :func:`add_tokenizer_cli` takes the ``corefm data`` sub-command table (the object returned by
-``add_subparsers`` on the ``data`` parser) and adds both commands to it.
+``add_subparsers`` on the ``data`` parser) and adds both tokenizer commands to it;
+:func:`add_openelm_cli` adds the ``openelm`` group to the top-level command table.
 """
 
 from __future__ import annotations
@@ -54,4 +55,121 @@ def _train_tokenizer(args: argparse.Namespace) -> int:
 
     out = train_sentencepiece(args.input, args.vocab_size, Path(args.out), model_type=args.model_type)
     print(f"{out}: SentencePiece {args.model_type} tokenizer, {args.vocab_size} pieces")
+    return 0
+
+
+def add_openelm_cli(commands) -> None:
+    """``corefm openelm baseline|average|lm-eval|generate``."""
+    p = commands.add_parser("openelm", help="OpenELM tools: unigram baseline, checkpoint averaging, lm-eval, generate")
+    sub = p.add_subparsers(dest="openelm_command", required=True, metavar="OPENELM_COMMAND")
+
+    b = sub.add_parser("baseline", help="unigram perplexity of the val shards (add-one counts from train shards)",
+                       description="Print the add-one unigram perplexity of a run's data.val targets with counts "
+                                   "from its data.train, beside the run's own validation perplexity (final.json).")
+    b.add_argument("run_dir", nargs="?", default="", help="a finished run (uses its recipe's data and crop)")
+    b.add_argument("--train", default="", help="train shards instead of a run's")
+    b.add_argument("--val", default="", help="val shards instead of a run's")
+    b.set_defaults(func=_baseline)
+
+    a = sub.add_parser("average", help="average the fp32 weights of a run's last K checkpoints",
+                       description="Consolidate each of the newest K checkpoints (any ZeRO stage) and write their "
+                                   "mean as one safetensors file (Apple released the average of the last 5). The "
+                                   "run must keep them: checkpoint.keep_last >= K.")
+    a.add_argument("run_dir")
+    a.add_argument("--last", type=int, default=5, help="number of newest checkpoints to average (default 5)")
+    a.add_argument("--out", default="", help="output file (default RUN_DIR/model_avg<K>.safetensors); "
+                                             "RUN_DIR/model.safetensors makes `corefm release` ship the average")
+    a.add_argument("--no-eval", action="store_true", help="do not score the average on the recipe's data.val")
+    a.set_defaults(func=_average)
+
+    e = sub.add_parser("lm-eval", help="run EleutherAI lm-evaluation-harness tasks on a release folder",
+                       description="Evaluate a `corefm release` folder (or any OpenELM HF folder) with lm-eval's "
+                                   "Hugging Face model and add_bos_token=True, offline. Needs the `eval` extra.")
+    e.add_argument("release_dir")
+    e.add_argument("--tasks", required=True, help="comma-separated lm-eval task names")
+    e.add_argument("--include-path", default="", help="folder of extra task YAML files (local datasets)")
+    e.add_argument("--num-fewshot", type=int, default=None)
+    e.add_argument("--batch-size", type=int, default=8)
+    e.add_argument("--limit", type=float, default=None, help="examples per task (or a fraction)")
+    e.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
+    e.add_argument("--output", default="", help="write the results as JSON here (default RELEASE_DIR/lm_eval.json)")
+    e.set_defaults(func=_lm_eval)
+
+    g = sub.add_parser("generate", help="continue a prompt with a release folder's model and tokenizer")
+    g.add_argument("release_dir")
+    g.add_argument("--prompt", required=True)
+    g.add_argument("--max-new-tokens", type=int, default=64)
+    g.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
+    g.add_argument("--top-k", type=int, default=0)
+    g.add_argument("--seed", type=int, default=0)
+    g.set_defaults(func=_generate)
+
+
+def _baseline(args: argparse.Namespace) -> int:
+    import json
+
+    from projects.openelm.baseline import run_baseline, unigram_perplexity
+
+    if args.train or args.val:
+        if not (args.train and args.val):
+            raise CorefmError("give both --train and --val (or a run folder)")
+        result = unigram_perplexity(args.train, args.val)
+        print(f"unigram perplexity {result['perplexity']:.1f} on {result['val_tokens']:,} val tokens")
+        return 0
+    if not args.run_dir:
+        raise CorefmError("give a run folder, or --train and --val shards")
+    run_dir = Path(args.run_dir)
+    result = run_baseline(run_dir)
+    (run_dir / "baseline.json").write_text(json.dumps({"unigram": result}, indent=2))
+    final = run_dir / "final.json"
+    model_ppl = (json.loads(final.read_text()).get("eval") or {}).get("perplexity") if final.is_file() else None
+    if model_ppl is None:
+        print(f"unigram perplexity {result['perplexity']:.1f} ({result['val_tokens']:,} val tokens); "
+              f"{run_dir} has no final validation perplexity yet")
+    else:
+        print(f"val ppl {model_ppl:.1f} vs unigram {result['perplexity']:.1f} "
+              f"({result['val_tokens']:,} held-out tokens, {result['perplexity'] / model_ppl:.1f}x lower)")
+    return 0
+
+
+def _average(args: argparse.Namespace) -> int:
+    from projects.openelm.average import average_checkpoints
+
+    out, steps, metrics = average_checkpoints(Path(args.run_dir), args.last, Path(args.out) if args.out else None,
+                                              evaluate=not args.no_eval)
+    print(f"{out}: mean of the checkpoints at steps {', '.join(map(str, steps))}")
+    if metrics:
+        print("held-out: " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
+    return 0
+
+
+def _lm_eval(args: argparse.Namespace) -> int:
+    import json
+
+    from projects.openelm.lm_eval_adapter import evaluate_release
+
+    results = evaluate_release(Path(args.release_dir), args.tasks.split(","), include_path=args.include_path,
+                               num_fewshot=args.num_fewshot, batch_size=args.batch_size, limit=args.limit,
+                               dtype=args.dtype)
+    out = Path(args.output) if args.output else Path(args.release_dir) / "lm_eval.json"
+    out.write_text(json.dumps(results, indent=2))
+    for task, metrics in results["results"].items():
+        shown = ", ".join(f"{k} {v:.4f}" for k, v in metrics.items() if isinstance(v, float))
+        print(f"{task}: {shown}")
+    print(f"results: {out}")
+    return 0
+
+
+def _generate(args: argparse.Namespace) -> int:
+    import torch
+
+    from projects.openelm.convert import load_hf
+    from projects.openelm.tokenizer import load_tokenizer
+
+    model, cfg = load_hf(args.release_dir)
+    tokenizer = load_tokenizer(args.release_dir)
+    ids = torch.tensor([tokenizer(args.prompt)["input_ids"]])
+    out = model.eval().generate(ids, args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
+                                eos_token_id=cfg.eos_token_id, generator=torch.Generator().manual_seed(args.seed))
+    print(tokenizer.decode(out[0].tolist(), skip_special_tokens=True))
     return 0

@@ -7,3 +7,11 @@ def _seed():
     # Every test starts from the same RNG state, whatever ran before it.
     torch.manual_seed(1234)
     yield
+
+
+@pytest.fixture(scope="session")
+def lm_tokenizer(tmp_path_factory):
+    """A 300-piece SentencePiece BPE trained on the grammar corpus of _lm_data (HF folder)."""
+    from ._lm_data import train_tokenizer
+
+    return train_tokenizer(tmp_path_factory.mktemp("lm_tok"))
