@@ -58,7 +58,11 @@ def evaluate(forward: Callable[..., dict], task, recipe: Recipe, dtype: torch.dt
                     sums[k] = sums.get(k, 0.0) + float(v)
     forward.train()
     keys = sorted(sums)
-    return task.eval_metrics(dict(zip(keys, all_sum([sums[k] for k in keys]))))
+    if dist.is_initialized():  # a rank without eval shards has no keys: agree on the union first
+        every: list[list[str]] = [[] for _ in range(dist.get_world_size())]
+        dist.all_gather_object(every, keys)
+        keys = sorted(set().union(*every))
+    return task.eval_metrics(dict(zip(keys, all_sum([sums.get(k, 0.0) for k in keys]))))
 
 
 def load_run(run_dir: Path, overrides: list[str] | None = None) -> tuple[Recipe, torch.nn.Module]:

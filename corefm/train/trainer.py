@@ -80,7 +80,7 @@ def train(recipe: Recipe) -> dict[str, Any]:
         (run_dir / "recipe.json").write_text(json.dumps(config_dict, indent=2))
         monitor.print(f"corefm: {recipe.model_name}/{recipe.task_name}, {world} rank(s), "
                       f"ZeRO-{recipe.deepspeed.zero_stage}, {recipe.deepspeed.precision}, "
-                      f"{sum(p.numel() for p in task.parameters()):,} parameters"
+                      f"{sum(getattr(p, 'ds_numel', p.numel()) for p in task.parameters()):,} parameters"
                       + (f", resumed from {last.name}" if step else ""))
     meter = Throughput(cluster_peak(dtype))
     stop, flops_per_micro, nonfinite_run, last_loss = _StopFlag(), 0, 0, None
