@@ -75,7 +75,8 @@ Trained with corefm: recipe task `{recipe['task']['name']}`, model `{model['name
 {extra}"""
 
 
-def write_generic(run_dir: Path, out_dir: Path, recipe: dict) -> list[Path]:
+def write_generic(run_dir: Path, out_dir: Path, recipe: dict, title: str = "", extra: str = "") -> list[Path]:
+    """Weights, config, recipe and a model card (``title``/``extra`` let project writers extend it)."""
     _, final = read_run(run_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(run_dir / "model.safetensors", out_dir / "model.safetensors")
@@ -83,7 +84,8 @@ def write_generic(run_dir: Path, out_dir: Path, recipe: dict) -> list[Path]:
     config = {"corefm_model": model.pop("name"), **model}
     (out_dir / "config.json").write_text(json.dumps(config, indent=2))
     (out_dir / "recipe.json").write_text(json.dumps(recipe, indent=2))
-    (out_dir / "README.md").write_text(model_card(recipe, final, f"{config['corefm_model']} ({run_dir.name})"))
+    title = title or f"{config['corefm_model']} ({run_dir.name})"
+    (out_dir / "README.md").write_text(model_card(recipe, final, title, extra))
     return [out_dir / n for n in ("model.safetensors", "config.json", "recipe.json", "README.md")]
 
 

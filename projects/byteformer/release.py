@@ -8,10 +8,9 @@ and ``README.md``; ``corefm predict RELEASE FILE...`` loads it back.
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
-from corefm.hub.release import model_card, read_run, register_release
+from corefm.hub.release import register_release, write_generic
 from projects.byteformer.predict import class_names
 
 USAGE = """
@@ -44,18 +43,11 @@ def _inputs(task: dict) -> str:
 
 @register_release("byteformer")
 def write_byteformer_release(run_dir: Path, out_dir: Path, recipe: dict) -> list[Path]:
-    _, final = read_run(run_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(run_dir / "model.safetensors", out_dir / "model.safetensors")
-    model = dict(recipe["model"])
-    config = {"corefm_model": model.pop("name"), **model}
-    (out_dir / "config.json").write_text(json.dumps(config, indent=2))
-    (out_dir / "recipe.json").write_text(json.dumps(recipe, indent=2))
     classes = class_names(recipe)
-    (out_dir / "classes.json").write_text(json.dumps(classes, indent=2))
-    task = recipe["task"]
+    task, model = recipe["task"], recipe["model"]
     max_bytes = task.get("max_bytes") or model["max_bytes"]
     extra = USAGE.format(inputs=_inputs(task), max_bytes=max_bytes, name=out_dir.name,
                          transforms=json.dumps(task.get("byte_transforms") or "none"), classes=", ".join(classes))
-    (out_dir / "README.md").write_text(model_card(recipe, final, f"ByteFormer ({run_dir.name})", extra))
-    return [out_dir / n for n in ("model.safetensors", "config.json", "recipe.json", "classes.json", "README.md")]
+    files = write_generic(run_dir, out_dir, recipe, f"ByteFormer ({run_dir.name})", extra)
+    (out_dir / "classes.json").write_text(json.dumps(classes, indent=2))
+    return files + [out_dir / "classes.json"]
