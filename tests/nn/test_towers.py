@@ -3,7 +3,7 @@ import torch
 
 from corefm.nn import TextTransformer, VisionTransformer
 
-open_clip_transformer = pytest.importorskip("open_clip.transformer")
+import open_clip.transformer as open_clip_transformer
 
 
 def _map_blocks(src: dict, layers: int) -> dict:

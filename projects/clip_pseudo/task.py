@@ -1,0 +1,214 @@
+"""``clip`` task: contrastive image-text loss plus weighted, masked pseudo-label losses.
+
+loss = CLIP (or SigLIP) loss + sum_i weight_i * task_loss_i, where task_loss_i averages over the
+samples whose shard holds head i's label (``mask_<name>``). ``task.heads: []`` is plain CLIP.
+Eval returns additive sums: in-batch contrastive loss, zero-shot top-1/top-5 on ``cls`` labels
+(open_clip's classifier builder, rebuilt from the current text tower once per eval pass), and per
+head the sums behind mIoU (segmentation), IoU (binary maps) or MAE/RMSE (regression).
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from dataclasses import dataclass, field
+from typing import Any, Callable, Literal
+
+import torch
+
+from corefm.data.errors import SkipSample
+from corefm.errors import ConfigError
+from corefm.registry import register_task
+from corefm.tasks.base import Task
+from projects.clip_pseudo.heads import HeadSpec, check_heads
+from projects.clip_pseudo.labels import caption, find_image, image_tensor, labels_for
+from projects.clip_pseudo.losses import build_contrastive_loss, masked_mean, per_sample_loss
+from projects.clip_pseudo.openclip_io import OPENAI_MEAN, OPENAI_STD
+from projects.clip_pseudo.zero_shot import classifier, topk_correct
+
+
+@dataclass
+class ClipTaskConfig:
+    loss: Literal["clip", "siglip"] = "clip"
+    local_loss: bool = True  # ClipLoss: only this rank's rows of the global logits
+    gather_with_grad: bool = True  # ClipLoss: gradients flow through the other ranks' features
+    caption_key: str = "txt"
+    mean: list[float] = field(default_factory=lambda: list(OPENAI_MEAN))
+    std: list[float] = field(default_factory=lambda: list(OPENAI_STD))
+    hflip: bool = False  # train: random horizontal flips of image and labels together
+    heads: list[HeadSpec] = field(default_factory=list)  # [] = plain CLIP
+    # Zero-shot eval on the val shards' `cls`: class names (empty: the val manifest's producer
+    # "classes", if any) and templates (simple / openai: open_clip's ImageNet sets, or a list).
+    class_names: list[str] = field(default_factory=list)
+    templates: str | list[str] = "simple"
+    label_key: str = "cls"
+
+
+class SampleTransform:
+    """Picklable raw sample -> {image, text, label, label_<head>, mask_<head>} for the data workers."""
+
+    def __init__(self, cfg: ClipTaskConfig, image_size: int, context_length: int, sizes: dict[str, int],
+                 train: bool, keep_caption: bool = False) -> None:
+        self.cfg, self.image_size, self.context_length, self.sizes = cfg, image_size, context_length, sizes
+        self.train, self.keep_caption = train, keep_caption  # keep_caption: retrieval eval matches by text
+        self._tokenizer = None
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_tokenizer": None}  # each worker builds its own (cheap, not picklable state)
+
+    @property
+    def tokenizer(self):
+        if self._tokenizer is None:
+            from open_clip import SimpleTokenizer
+
+            self._tokenizer = SimpleTokenizer(context_length=self.context_length)
+        return self._tokenizer
+
+    def __call__(self, sample: dict) -> dict:
+        cfg = self.cfg
+        text = caption(sample, cfg.caption_key)
+        img = find_image(sample)
+        # the loader seeds python's RNG per batch, so a resumed run replays the same flips
+        flip = self.train and cfg.hflip and random.random() < 0.5
+        out = {"image": image_tensor(img, self.image_size, tuple(cfg.mean), tuple(cfg.std), flip),
+               "text": self.tokenizer([text])[0]}
+        if self.keep_caption:
+            out["caption"] = text
+        label = sample.get(cfg.label_key)
+        try:
+            out["label"] = torch.tensor(int(label.decode() if isinstance(label, bytes) else label)
+                                        if label is not None else -1)
+        except ValueError:
+            raise SkipSample(f"bad .{cfg.label_key} {label!r} in {sample.get('__key__')}") from None
+        out.update(labels_for(sample, cfg.heads, self.sizes, flip))
+        return out
+
+
+class ClipTask(Task):
+    def __init__(self, cfg: ClipTaskConfig, model: torch.nn.Module, class_names: list[str]) -> None:
+        super().__init__(model)
+        self.cfg, self.class_names = cfg, class_names
+        check_heads(cfg.heads)
+        model.set_heads(cfg.heads)
+        self.sizes = {s.name: s.label_size or model.cfg.image_size for s in cfg.heads}
+        self.loss_fn: torch.nn.Module | None = None  # built on first use: the process group exists then
+        self._zs_weights: torch.Tensor | None = None
+        self._tokenizer = None
+
+    def sample_transform(self, train: bool) -> Callable[[dict], dict]:
+        return SampleTransform(self.cfg, self.model.cfg.image_size, self.model.cfg.context_length, self.sizes, train)
+
+    def train(self, mode: bool = True) -> "ClipTask":
+        self._zs_weights = None  # the text tower changes between eval passes
+        return super().train(mode)
+
+    def forward(self, batch: dict[str, Any], mode: str = "train") -> dict[str, torch.Tensor]:
+        out = self.model(batch["image"], batch["text"], self.sizes)
+        feats = (out.image_features.float(), out.text_features.float(), out.logit_scale.float(),
+                 out.logit_bias.float() if out.logit_bias is not None else None)
+        if mode == "eval":
+            return self._eval_sums(batch, out, feats)
+        if self.loss_fn is None:
+            self.loss_fn = build_contrastive_loss(self.cfg.loss, self.cfg.local_loss, self.cfg.gather_with_grad)
+        contrastive = self.loss_fn(*feats)
+        total, logs = contrastive, {"clip_loss": contrastive.detach(), "logit_scale": feats[2].detach().reshape(())}
+        for spec in self.cfg.heads:
+            loss = masked_mean(per_sample_loss(spec, out.dense[spec.name], batch[f"label_{spec.name}"]),
+                               batch[f"mask_{spec.name}"])
+            total = total + spec.weight * loss
+            logs[f"loss_{spec.name}"] = loss.detach()
+        return {"loss": total, **logs}
+
+    def _eval_sums(self, batch: dict, out, feats) -> dict[str, torch.Tensor]:
+        from open_clip.loss import ClipLoss, SigLipLoss
+
+        # A single-rank loss: eval batches differ in size across ranks, so no collective may run here.
+        local = SigLipLoss() if self.cfg.loss == "siglip" else ClipLoss()
+        n = float(batch["image"].shape[0])
+        sums = {"count": torch.tensor(n), "clip_loss_sum": local(*feats) * n}
+        labels = batch["label"]
+        if self.class_names:
+            if self._zs_weights is None:
+                if self._tokenizer is None:
+                    from open_clip import SimpleTokenizer
+
+                    self._tokenizer = SimpleTokenizer(context_length=self.model.cfg.context_length)
+                self._zs_weights = classifier(self.model, self._tokenizer, self.class_names, self.cfg.templates)
+            known = labels >= 0
+            hits = topk_correct(feats[0][known], self._zs_weights, labels[known])
+            sums.update(zs_top1=hits[1], zs_top5=hits[5], zs_count=known.sum().float())
+        for spec in self.cfg.heads:
+            sums.update(head_sums(spec, out.dense[spec.name].float(), batch[f"label_{spec.name}"],
+                                  batch[f"mask_{spec.name}"] > 0))
+        return sums
+
+    def eval_metrics(self, sums: dict[str, float]) -> dict[str, float]:
+        n = max(sums.get("count", 0.0), 1.0)
+        out = {"clip_loss": sums["clip_loss_sum"] / n, "samples": sums["count"]}
+        if sums.get("zs_count"):
+            out["zero_shot_top1"] = sums["zs_top1"] / sums["zs_count"]
+            out["zero_shot_top5"] = sums["zs_top5"] / sums["zs_count"]
+        for spec in self.cfg.heads:
+            out.update(head_metrics(spec, sums))
+        return out
+
+
+def head_sums(spec: HeadSpec, pred: torch.Tensor, target: torch.Tensor, keep: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Additive statistics of one head over the samples with a label (keep: (B,) bool)."""
+    pred, target, name = pred[keep], target[keep], spec.name
+    if spec.kind == "segmentation":
+        cls = pred.argmax(1)
+        valid = target != spec.ignore_index
+        out = {}
+        for c in range(spec.channels):
+            p, t = (cls == c) & valid, (target == c) & valid
+            out[f"{name}_inter_{c}"] = (p & t).sum().float()
+            out[f"{name}_union_{c}"] = (p | t).sum().float()
+        return out
+    if spec.kind == "binary":
+        p, t = pred > 0, target > 0.5
+        return {f"{name}_tp": (p & t).sum().float(), f"{name}_fp": (p & ~t).sum().float(),
+                f"{name}_fn": (~p & t).sum().float()}
+    err = pred - target
+    if spec.ignore_zero:
+        err = err[target != 0]
+    return {f"{name}_abs": err.abs().sum(), f"{name}_sq": err.pow(2).sum(), f"{name}_n": torch.tensor(float(err.numel()))}
+
+
+def head_metrics(spec: HeadSpec, sums: dict[str, float]) -> dict[str, float]:
+    name = spec.name
+    if spec.kind == "segmentation":
+        ious = [sums[f"{name}_inter_{c}"] / sums[f"{name}_union_{c}"] for c in range(spec.channels)
+                if sums.get(f"{name}_union_{c}", 0.0) > 0]
+        return {f"{name}_miou": sum(ious) / len(ious)} if ious else {}
+    if spec.kind == "binary":
+        tp, fp, fn = sums[f"{name}_tp"], sums[f"{name}_fp"], sums[f"{name}_fn"]
+        return {f"{name}_iou": tp / max(tp + fp + fn, 1.0), f"{name}_f1": 2 * tp / max(2 * tp + fp + fn, 1.0)}
+    count = max(sums[f"{name}_n"], 1.0)
+    return {f"{name}_mae": sums[f"{name}_abs"] / count, f"{name}_rmse": math.sqrt(sums[f"{name}_sq"] / count)}
+
+
+def _manifest_classes(spec: str) -> list[str]:
+    """Class names a data_tools producer recorded in the val shards' dataset.json (or [])."""
+    from pathlib import Path
+
+    from corefm.data import DataError, load_manifest
+
+    path = Path(spec.split("#")[0]) if spec else None
+    if path is None or not (path / "dataset.json").is_file():
+        return []
+    try:
+        return [str(c) for c in load_manifest(path).producer.get("classes", [])]
+    except DataError:
+        return []
+
+
+@register_task("clip", ClipTaskConfig)
+def build_clip_task(cfg: ClipTaskConfig, model: torch.nn.Module, recipe: Any) -> Task:
+    if not hasattr(model, "set_heads"):
+        raise ConfigError(f"task clip needs model.name: clip, got {recipe.model_name!r}")
+    if cfg.loss == "siglip" and model.logit_bias is None:
+        raise ConfigError("task.loss: siglip needs a logit bias: set model.init_logit_bias (e.g. -10) "
+                          "and model.init_logit_scale (e.g. 2.302585, log 10)")
+    class_names = list(cfg.class_names) or _manifest_classes(recipe.data.val)
+    return ClipTask(cfg, model, class_names)
