@@ -8,7 +8,7 @@ QK-norm, which costs no matmul FLOPs). corefm's model uses uniform widths here (
 like Llama's); the layer-wise-scaled OpenELM of the same depth and width is timed beside them.
 
 * training: tokens/s of full steps (forward, loss, backward, AdamW) on batch x seq_len random
-  tokens. corefm runs its training path (the ``openelm_lm`` task's one-pass loss); Llama its own
+  tokens. corefm runs its training path (the ``causal_lm`` task's one-pass loss); Llama its own
   (``labels=`` -> transformers' loss). Both step torch's fused AdamW (transformers' Trainer
   default), so the comparison is of the models and losses. MFU = model FLOPs/s over the bf16
   matmul peak measured in this run (``corefm.train.meters.measure_matmul_peak``). Model FLOPs
@@ -40,11 +40,10 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run as a script
 
-from corefm.tasks.causal_lm import CausalLMConfig  # noqa: E402
+from corefm.tasks.causal_lm import CausalLMConfig, CausalLMTask  # noqa: E402
 from corefm.train.meters import measure_matmul_peak  # noqa: E402
 from projects.openelm.config import OpenELMConfig, layer_specs  # noqa: E402
 from projects.openelm.model import OpenELM  # noqa: E402
-from projects.openelm.task import OpenELMLMTask  # noqa: E402
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "openelm_speed.json")
 VOCAB, HEAD_DIM, GROUPS = 32000, 64, 4
@@ -98,7 +97,7 @@ def cpu_matmul_peak(dtype: torch.dtype, n: int = 2048, seconds: float = 2.0) -> 
 
 
 def corefm_train_step(model: OpenELM, batch: int, seq: int) -> Callable[[], int]:
-    task = OpenELMLMTask(CausalLMConfig(), model)
+    task = CausalLMTask(CausalLMConfig(), model)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
     tokens = torch.randint(0, VOCAB, (batch, seq + 1))
 

@@ -99,6 +99,10 @@ class RotaryEmbedding(nn.Module):
         self.theta = theta
         self.max_len = max_len
         self._tables: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
+        # The last positions tensor and its cos/sin: a decoder passes one positions tensor to all of
+        # its layers, so the lookup (a host sync for the table size and two gathers) runs once per
+        # forward instead of once per layer, which matters when decoding one token at a time.
+        self._last: tuple[torch.Tensor, int, torch.Tensor, torch.Tensor] | None = None
 
     def _build(self, length: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         exponent = torch.arange(0, self.head_dim, 2, device=device, dtype=torch.float32) / self.head_dim
@@ -120,14 +124,25 @@ class RotaryEmbedding(nn.Module):
 
     def cos_sin(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """positions: (T,) or (B, T) long -> cos, sin: (1, 1, T, hd) or (B, 1, T, hd) float32."""
+        last = self._last
+        if last is not None and last[0] is positions and last[1] == positions._version:
+            return last[2], last[3]
         if positions.ndim not in (1, 2):
             raise ValueError(f"positions must be (T,) or (B, T), got shape {tuple(positions.shape)}")
         need = int(positions.max().item()) + 1 if positions.numel() else 0
         cos, sin = self.table(need, positions.device)
         cos, sin = cos[positions], sin[positions]
-        if positions.ndim == 1:
-            return cos[None, None], sin[None, None]
-        return cos[:, None], sin[:, None]
+        cos, sin = (cos[None, None], sin[None, None]) if positions.ndim == 1 else (cos[:, None], sin[:, None])
+        self._last = (positions, positions._version, cos, sin)
+        return cos, sin
+
+    def rotate(self, x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """x: (B, H, T, hd) -> x rotated by positions ((T,) or (B, T)), computed in float32."""
+        if x.shape[-1] != self.head_dim:
+            raise ValueError(f"rotary head_dim is {self.head_dim}, got {x.shape[-1]}")
+        cos, sin = self.cos_sin(positions)
+        xf = x.float()
+        return (xf * cos + rotate_half(xf) * sin).type_as(x)
 
     def forward(
         self, q: torch.Tensor, k: torch.Tensor, positions: torch.Tensor | None = None

@@ -82,9 +82,9 @@ class WindowedAttention(Attention):
         kpm = key_padding_mask
         if kpm is not None and (kpm.dtype != torch.bool or kpm.shape != (b, t)):
             raise ValueError(f"key_padding_mask must be bool ({b}, {t}), got {kpm.dtype} {tuple(kpm.shape)}")
-        q, k, v = self.project(x)
-        if self.rope is not None:
-            q, k = self.rope(q, k, positions)
+        if self.rope is not None and positions is None:
+            positions = torch.arange(t, device=x.device)
+        q, k, v = self.project(x, positions)
 
         pad = (-t) % w
         valid = kpm if kpm is not None else torch.ones(b, t, dtype=torch.bool, device=x.device)

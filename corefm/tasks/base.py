@@ -39,6 +39,10 @@ class Task(nn.Module):
         """Turn all-reduced eval sums into metrics; default: report the sums."""
         return dict(sums)
 
+    def param_lr_scales(self) -> dict[str, float]:
+        """{parameter name (as in ``named_parameters()``): lr multiplier}; unnamed parameters get 1.0."""
+        return {}
+
     def export_state_dict(self, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Map the task's state dict (``model.``-prefixed) to the release's; default strips the prefix."""
         return {k.removeprefix("model."): v for k, v in state.items() if k.startswith("model.")}

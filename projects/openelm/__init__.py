@@ -7,7 +7,6 @@ transformers' AutoConfig / AutoModelForCausalLM.
 from projects.openelm import hf  # noqa: F401  (registers "openelm" with the transformers Auto classes)
 from projects.openelm import model  # noqa: F401  (registers the recipe model "openelm")
 from projects.openelm import release  # noqa: F401  (registers the `corefm release` writer for "openelm")
-from projects.openelm import task  # noqa: F401  (registers the recipe task "openelm_lm")
 from projects.openelm.config import OpenELMConfig, layer_specs, make_divisible, named_config
 from projects.openelm.model import OpenELM
 

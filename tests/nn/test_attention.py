@@ -180,3 +180,21 @@ def test_sdpa_scale_is_inverse_sqrt_head_dim():
     out = attn(x)
     w = torch.softmax(torch.tensor([1.0, 0.0]) / math.sqrt(4), dim=0)
     torch.testing.assert_close(out[0, 0], w[0] * x[0, 0] + w[1] * x[0, 1])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("heads", [(8, 2), (4, 4)])
+def test_single_query_path_equals_torch_sdpa(dtype, heads):
+    """Decoding's one-query grouped-matmul path (GQA without repeated keys) against torch's kernel."""
+    from corefm.nn.attention import sdpa
+
+    hq, hk = heads
+    gen = torch.Generator().manual_seed(0)
+    q = torch.randn(3, hq, 1, 16, generator=gen).to(dtype)
+    k, v = (torch.randn(3, hk, 37, 16, generator=gen).to(dtype) for _ in range(2))
+    ref = torch.nn.functional.scaled_dot_product_attention(
+        q.float(), k.float().repeat_interleave(hq // hk, 1), v.float().repeat_interleave(hq // hk, 1))
+    tol = dict(rtol=1e-5, atol=1e-5) if dtype == torch.float32 else dict(rtol=2e-2, atol=2e-2)
+    out = sdpa(q, k, v)
+    assert out.shape == q.shape and out.dtype == dtype
+    torch.testing.assert_close(out.float(), ref, **tol)

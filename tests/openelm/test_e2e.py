@@ -33,7 +33,7 @@ def data(tmp_path_factory, lm_tokenizer):
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory, data):
     run_dir = tmp_path_factory.mktemp("run") / "tiny"
-    sets = {"run_dir": run_dir, "data.train": data / "train", "data.val": data / "val", "task.name": "openelm_lm",
+    sets = {"run_dir": run_dir, "data.train": data / "train", "data.val": data / "val", "task.name": "causal_lm",
             "task.z_loss": 1e-4, "deepspeed.precision": "bf16", "model.activation_checkpointing": True,
             "train.max_steps": 36, "train.micro_batch_size": 8, "checkpoint.every": 12, "checkpoint.keep_last": 3,
             "schedule.warmup_steps": 6, "log.every": 6, "log.progress": False, "eval.every": 0,

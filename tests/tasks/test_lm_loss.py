@@ -1,4 +1,4 @@
-"""The one-pass cross-entropy + z-loss and the ``openelm_lm`` task against the plain computation."""
+"""The one-pass cross-entropy + z-loss and the ``causal_lm`` task against the plain computation."""
 
 from __future__ import annotations
 
@@ -8,9 +8,8 @@ import torch.nn.functional as F
 
 from corefm.tasks.causal_lm import CausalLMConfig, CausalLMTask
 from projects.openelm.config import tiny
-from projects.openelm.loss import cross_entropy_z, eval_sums
+from corefm.tasks.lm_loss import cross_entropy_z, eval_sums
 from projects.openelm.model import OpenELM
-from projects.openelm.task import OpenELMLMTask
 
 
 def reference(logits, targets, z_weight):
@@ -47,23 +46,28 @@ def test_values_and_gradients_match_the_plain_loss(dtype, vocab):
     assert int(sums[2]) == int(((logits.float().argmax(-1) == targets) & valid).sum())
 
 
-def test_openelm_lm_task_equals_causal_lm():
+def test_causal_lm_task_equals_the_plain_loss():
+    """Loss, logged ce, eval sums and parameter gradients of the task equal F.cross_entropy's."""
     model = OpenELM(tiny())
     tokens = torch.randint(0, 512, (3, 20))
     tokens[1, -5:] = -1
-    cfg = CausalLMConfig(z_loss=1e-3)
-    outs, grads = [], []
-    for task in (CausalLMTask(cfg, model), OpenELMLMTask(cfg, model)):
-        model.zero_grad()
-        out = task({"tokens": tokens})
-        out["loss"].backward()
-        outs.append(out)
-        grads.append([p.grad.clone() for p in model.parameters()])
-        with torch.no_grad():
-            outs.append(task({"tokens": tokens}, mode="eval"))
-    for key in ("loss", "ce", "num_tokens"):
-        torch.testing.assert_close(outs[2][key], outs[0][key], rtol=1e-5, atol=1e-6)
-    for key in ("nll_sum", "tokens", "correct"):
-        torch.testing.assert_close(outs[3][key].double(), outs[1][key].double(), rtol=1e-5, atol=1e-4)
-    for a, b in zip(*grads):
-        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+    inputs, targets = tokens[:, :-1], tokens[:, 1:]
+    task = CausalLMTask(CausalLMConfig(z_loss=1e-3), model)
+    out = task({"tokens": tokens})
+    out["loss"].backward()
+    ours = [p.grad.clone() for p in model.parameters()]
+    with torch.no_grad():
+        sums = task({"tokens": tokens}, mode="eval")
+    model.zero_grad()
+    logits = model(inputs.clamp(min=0))
+    ref_loss, ref_nll, _ = reference(logits, targets, 1e-3)
+    ref_loss.backward()
+    n = (targets >= 0).sum()
+    torch.testing.assert_close(out["loss"], ref_loss, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(out["ce"], ref_nll / n, rtol=1e-5, atol=1e-6)
+    assert int(out["num_tokens"]) == int(sums["tokens"]) == int(n) == 3 * 19 - 5
+    torch.testing.assert_close(sums["nll_sum"].double(), ref_nll.detach().double(), rtol=1e-5, atol=1e-4)
+    correct = ((logits.argmax(-1) == targets) & (targets >= 0)).sum()
+    assert int(sums["correct"]) == int(correct)
+    for a, p in zip(ours, model.parameters()):
+        torch.testing.assert_close(a, p.grad, rtol=1e-4, atol=1e-6)
