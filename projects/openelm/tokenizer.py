@@ -11,14 +11,13 @@ from __future__ import annotations
 
 import hashlib
 import os
-import subprocess
-import sys
 import tarfile
 import tempfile
 from pathlib import Path
 
 from sentencepiece import sentencepiece_model_pb2 as spm_pb
 
+from corefm.data import pypi
 from corefm.errors import ConfigError, CorefmError
 from projects.openelm.gguf import read_gguf_metadata
 from projects.openelm.spm import hf_tokenizer, spm_from_gguf, write_tokenizer_folder
@@ -30,11 +29,6 @@ VOCAB_FILES = (GGUF_NAME, f"{GGUF_NAME}.inp", f"{GGUF_NAME}.out")
 # sha256 of the GGUF in that archive: a different file is never silently turned into a tokenizer.
 GGUF_SHA256 = "16c3724582d59aa8bf84711894e833f916ee46a31d80e21312759c48bf8d0e69"
 _TEST_SEPARATOR = "\n__ggml_vocab_test__\n"
-
-
-def default_cache_dir() -> Path:
-    """$COREFM_CACHE, else ~/.cache/corefm."""
-    return Path(os.environ.get("COREFM_CACHE") or Path.home() / ".cache" / "corefm")
 
 
 def _sha256(path: Path) -> str:
@@ -65,19 +59,12 @@ def extract_llama_vocab(sdist: str | Path, out_dir: str | Path) -> Path:
 
 def fetch_llama_vocab(cache_dir: str | Path | None = None) -> Path:
     """The cached GGUF vocabulary (downloading the sdist from PyPI with pip if needed)."""
-    cache = Path(cache_dir) if cache_dir is not None else default_cache_dir() / "llama-spm"
+    cache = Path(cache_dir) if cache_dir is not None else pypi.cache_dir() / "llama-spm"
     gguf = cache / GGUF_NAME
     if gguf.is_file() and all((cache / n).is_file() for n in VOCAB_FILES) and _sha256(gguf) == GGUF_SHA256:
         return gguf
     with tempfile.TemporaryDirectory() as tmp:
-        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:", "--quiet",
-               LLAMA_SDIST, "-d", tmp]
-        proc = subprocess.run(cmd, capture_output=True, text=True)
-        archives = list(Path(tmp).glob("llama_cpp_python-*.tar.gz"))
-        if proc.returncode != 0 or not archives:
-            last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
-            raise CorefmError(f"pip could not download {LLAMA_SDIST} from PyPI: {last}")
-        extract_llama_vocab(archives[0], cache)
+        extract_llama_vocab(pypi.download_sdist(LLAMA_SDIST, "llama_cpp_python-*.tar.gz", tmp), cache)
     if _sha256(gguf) != GGUF_SHA256:
         raise CorefmError(f"{gguf}: checksum differs from the pinned {LLAMA_SDIST} vocabulary")
     return gguf
@@ -91,7 +78,7 @@ def gguf_from_source(source: str | Path) -> Path:
     if not path.is_file():
         raise ConfigError(f"--source {source}: no such file (give a .gguf, the {LLAMA_SDIST} sdist, or 'pypi')")
     if path.name.endswith((".tar.gz", ".tgz", ".tar")):
-        gguf = extract_llama_vocab(path, default_cache_dir() / "llama-spm")
+        gguf = extract_llama_vocab(path, pypi.cache_dir() / "llama-spm")
         if _sha256(gguf) != GGUF_SHA256:
             raise CorefmError(f"{path}: its vocabulary differs from the pinned {LLAMA_SDIST} one")
         return gguf
