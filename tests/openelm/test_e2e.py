@@ -119,3 +119,35 @@ def test_release_loads_in_transformers_and_runs_lm_eval(trained, tmp_path, lm_to
         correct += int(np.argmax(scores) == d["gold"])
     assert got == pytest.approx(correct / len(docs))
     assert correct >= 2  # the trained model prefers the grammatical continuation
+
+
+def test_zero3_with_tied_embeddings_matches_zero1(data, tmp_path):
+    """OpenELM ties the LM head to the embedding: under ZeRO-3 that one partitioned tensor gets
+    gradients from both ends of the model. Same losses as ZeRO-1 (fp32), and the export keeps a
+    single tied tensor that transformers loads."""
+    from transformers import AutoModelForCausalLM
+
+    import projects.openelm  # noqa: F401  (registers the Auto classes)
+
+    curves = {}
+    for stage in (1, 3):
+        run_dir = tmp_path / f"zero{stage}"
+        sets = {"run_dir": run_dir, "data.train": data / "train", "data.val": data / "val",
+                "deepspeed.zero_stage": stage, "deepspeed.precision": "fp32", "train.max_steps": 8,
+                "train.micro_batch_size": 4, "log.every": 1, "log.progress": False, "eval.every": 0,
+                "checkpoint.every": 0, "data.num_workers": 1, "schedule.warmup_steps": 2}
+        r = run(train_cmd([f"{k}={v}" for k, v in sets.items()], recipe=TINY), timeout=600)
+        assert r.returncode == 0, r.stderr[-3000:] + r.stdout[-2000:]
+        curves[stage] = losses(run_dir)
+    assert sorted(curves[3]) == list(range(1, 9))
+    for step, loss in curves[1].items():
+        assert curves[3][step] == pytest.approx(loss, rel=1e-4, abs=1e-4), (step, curves)
+    assert curves[3][8] < curves[3][1]
+    state = load_file(str(tmp_path / "zero3" / "model.safetensors"))
+    assert "token_embeddings.weight" in state and not any(k.startswith("lm_head") for k in state)
+    out = tmp_path / "release"
+    r = run(corefm_cmd("release", str(tmp_path / "zero3"), "--out", str(out)))
+    assert r.returncode == 0, r.stderr[-3000:]
+    hf = AutoModelForCausalLM.from_pretrained(out)
+    ids = torch.randint(3, 500, (1, 12))
+    assert torch.isfinite(hf(ids).logits).all()
