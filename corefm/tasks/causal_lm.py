@@ -60,7 +60,7 @@ class CausalLMTask(Task):
         if mode == "eval":
             nll, count, correct = eval_sums(logits, targets)
             return {"nll_sum": nll, "tokens": count.float(), "correct": correct.float()}
-        loss, nll, _, count = cross_entropy_z(logits, targets, self.cfg.z_loss)
+        loss, nll, _, count = cross_entropy_z(logits, targets, self.cfg.z_loss, overwrite_logits=True)
         return {"loss": loss, "ce": nll / count.clamp(min=1), "num_tokens": count.float()}
 
     def eval_metrics(self, sums: dict[str, float]) -> dict[str, float]:

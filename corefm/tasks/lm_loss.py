@@ -24,16 +24,33 @@ def _block_rows(logits: torch.Tensor) -> int:
     return max(1, elements // logits.shape[-1])
 
 
+# Backward nodes that keep their inputs but not their output, and the views between them and the
+# logits: when the logits come straight out of such a product, nothing reads them in backward.
+_PRODUCTS = {"MmBackward0", "AddmmBackward0", "BmmBackward0", "MatmulBackward0"}
+_VIEWS = {"ViewBackward0", "UnsafeViewBackward0", "ReshapeAliasBackward0", "AliasBackward0"}
+
+
+def _scratch_logits(logits: torch.Tensor) -> bool:
+    """True when overwriting the logits cannot corrupt any gradient (they are a matmul's output)."""
+    node = logits.grad_fn
+    while node is not None and type(node).__name__ in _VIEWS:
+        node = node.next_functions[0][0]
+    return node is not None and type(node).__name__ in _PRODUCTS
+
+
 class _CrossEntropyZ(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, logits: torch.Tensor, targets: torch.Tensor, z_weight: float):
+    def forward(ctx, logits: torch.Tensor, targets: torch.Tensor, z_weight: float, overwrite: bool):
         n_rows = logits.shape[0]
         valid = targets >= 0
         count = valid.sum()
         denom = max(int(count), 1)
         safe_t = targets.clamp(min=0)
+        target_logit = logits.gather(1, safe_t[:, None])[:, 0].float()
         need_grad = ctx.needs_input_grad[0]
-        grad = torch.empty_like(logits) if need_grad else None
+        # Each block is read before its gradient is written, so the gradient can reuse the logits'
+        # memory; a fresh (N, V) tensor would cost more in page faults than the loss itself.
+        grad = (logits if overwrite else torch.empty_like(logits)) if need_grad else None
         lse = torch.empty(n_rows, dtype=torch.float32, device=logits.device)
         rows = _block_rows(logits)
         buf = torch.empty(min(rows, n_rows), logits.shape[1], dtype=torch.float32, device=logits.device)
@@ -51,7 +68,6 @@ class _CrossEntropyZ(torch.autograd.Function):
                 idx = torch.arange(x.shape[0], device=x.device)
                 x[idx, safe_t[s:s + rows]] -= v[:, 0].float() / denom
                 grad[s:s + rows] = x
-        target_logit = logits.gather(1, safe_t[:, None])[:, 0].float()
         nll_sum = ((lse - target_logit) * valid).sum()
         z_sum = (lse.square() * valid).sum()
         loss = (nll_sum + z_weight * z_sum) / denom
@@ -63,21 +79,28 @@ class _CrossEntropyZ(torch.autograd.Function):
     def backward(ctx, g_loss, *unused):
         (grad,) = ctx.saved_tensors
         if not ctx.needs_input_grad[0]:
-            return None, None, None
+            return None, None, None, None
         # The buffer is ours and used once, so scaling it in place saves an (N, V) allocation; on a
         # CPU the common g == 1 skips the pass (elsewhere reading g would cost a device sync).
         if g_loss.device.type != "cpu" or g_loss.item() != 1.0:
             grad.mul_(g_loss.to(grad.dtype))
-        return grad, None, None
+        return grad, None, None, None
 
 
-def cross_entropy_z(logits: torch.Tensor, targets: torch.Tensor, z_weight: float = 0.0):
+def cross_entropy_z(logits: torch.Tensor, targets: torch.Tensor, z_weight: float = 0.0, *,
+                    overwrite_logits: bool = False):
     """logits (..., V), targets (...) long with negative = ignore ->
     (loss, nll_sum, z_sum, count): loss = (sum nll + z_weight * sum lse^2) / count is differentiable;
     the sums (fp32) and the token count are detached, for logging and evaluation.
+
+    overwrite_logits: the caller does not read the logits afterwards, so their memory may hold the
+    gradient. It is used only when the logits come straight out of a matmul (whose backward does
+    not read its output); otherwise a fresh buffer is taken as without the flag.
     """
     vocab = logits.shape[-1]
-    return _CrossEntropyZ.apply(logits.reshape(-1, vocab), targets.reshape(-1), float(z_weight))
+    flat = logits.reshape(-1, vocab)
+    overwrite = overwrite_logits and flat.requires_grad and _scratch_logits(flat)
+    return _CrossEntropyZ.apply(flat, targets.reshape(-1), float(z_weight), overwrite)
 
 
 @torch.no_grad()

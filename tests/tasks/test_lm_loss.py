@@ -71,3 +71,27 @@ def test_causal_lm_task_equals_the_plain_loss():
     assert int(sums["correct"]) == int(correct)
     for a, p in zip(ours, model.parameters()):
         torch.testing.assert_close(a, p.grad, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("capped", [False, True])
+def test_overwriting_the_logits_keeps_gradients_exact(capped):
+    """With overwrite_logits the gradient reuses the logits' memory only when they come straight out
+    of a matmul; soft-capped logits (tanh's backward reads its output) must not be overwritten."""
+    gen = torch.Generator().manual_seed(0)
+    h = torch.randn(2, 7, 16, generator=gen, requires_grad=True)
+    w = torch.randn(300, 16, generator=gen, requires_grad=True)
+    targets = torch.randint(0, 300, (2, 7), generator=gen)
+    grads = []
+    for overwrite in (False, True):
+        logits = F.linear(h, w)
+        logits = 5 * torch.tanh(logits / 5) if capped else logits
+        cross_entropy_z(logits, targets, 1e-3, overwrite_logits=overwrite)[0].backward()
+        grads.append((h.grad.clone(), w.grad.clone()))
+        h.grad = w.grad = None
+        if overwrite and not capped:
+            assert not torch.equal(logits.detach(), F.linear(h, w).detach())  # the memory was reused
+    ref_loss = reference(F.linear(h, w) if not capped else 5 * torch.tanh(F.linear(h, w) / 5), targets, 1e-3)[0]
+    ref_loss.backward()
+    for got in grads:
+        torch.testing.assert_close(got[0], h.grad, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(got[1], w.grad, rtol=1e-5, atol=1e-6)
