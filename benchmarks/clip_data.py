@@ -20,7 +20,6 @@ import os
 import platform
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -30,7 +29,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))  # run as a script
 sys.path.insert(0, HERE)
 
-from data_pipeline import _cpu_seconds  # noqa: E402
+from data_pipeline import measure  # noqa: E402
 
 from corefm.data import DataConfig, build_loader, expand_urls  # noqa: E402
 
@@ -73,20 +72,11 @@ def openclip_loader(urls: list[str], args, transform, collate) -> Iterator[Any]:
                               persistent_workers=args.workers > 0))
 
 
-def measure(make: Callable[[], Iterator[Any]], args) -> tuple[float, float]:
-    loader = make()
-    for _ in range(args.warmup):
-        next(loader)
-    start, cpu_start, samples = time.perf_counter(), _cpu_seconds(), 0
-    for _ in range(args.batches):
-        batch = next(loader)
-        assert batch["image"].shape[0] == args.batch_size and "label_seg" in batch
-        samples += args.batch_size
-    wall, cpu = time.perf_counter() - start, _cpu_seconds() - cpu_start
-    close = getattr(loader, "close", None) or getattr(loader, "_shutdown_workers", None)
-    if close is not None:
-        close()
-    return samples / wall, samples / cpu
+def _counter(batch_size: int) -> Callable[[dict[str, Any]], int]:
+    def count(batch: dict[str, Any]) -> int:
+        assert batch["image"].shape[0] == batch_size and "label_seg" in batch
+        return batch_size
+    return count
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -114,7 +104,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     runs: dict[str, list[tuple[float, float]]] = {k: [] for k in pipelines}
     for _ in range(args.repeats):
         for name, make in pipelines.items():
-            runs[name].append(measure(make, args))
+            runs[name].append(measure(make, args, _counter(args.batch_size)))
     best = {k: (max(r[0] for r in v), max(r[1] for r in v)) for k, v in runs.items()}
     ref = best["open_clip webdataset"]
     print(f"\n{len(urls)} shards, {args.workers} workers, batch {args.batch_size}, clip task transform with "

@@ -162,23 +162,31 @@ def _cpu_seconds() -> float:
     return total
 
 
-def measure(make: Callable[[], Iterator[Any]], args: argparse.Namespace) -> tuple[float, float]:
-    """(samples/s wall, samples per CPU-second) over `args.batches` batches after warm-up."""
+def measure(make: Callable[[], Iterator[Any]], args: argparse.Namespace,
+            count: Callable[[Any], int] | None = None) -> tuple[float, float]:
+    """(samples/s wall, samples per CPU-second) over `args.batches` batches after warm-up.
+
+    count(batch) checks a batch and returns its number of samples (default: this script's
+    (images, tokens) batches).
+    """
+    count = count or (lambda batch: _count_image_text(batch, args.batch_size))
     loader = make()
     for _ in range(args.warmup):
         next(loader)
     start, cpu_start = time.perf_counter(), _cpu_seconds()
-    samples = 0
-    for _ in range(args.batches):
-        images, tokens = next(loader)
-        assert images.shape == (args.batch_size, 3, 64, 64) and tokens.shape == (args.batch_size, TEXT_LEN)
-        samples += images.shape[0]
+    samples = sum(count(next(loader)) for _ in range(args.batches))
     elapsed, cpu = time.perf_counter() - start, _cpu_seconds() - cpu_start
     close = getattr(loader, "close", None) or getattr(loader, "_shutdown_workers", None)
     if close is not None:
         close()
     del loader
     return samples / elapsed, samples / cpu
+
+
+def _count_image_text(batch: tuple[torch.Tensor, torch.Tensor], batch_size: int) -> int:
+    images, tokens = batch
+    assert images.shape == (batch_size, 3, 64, 64) and tokens.shape == (batch_size, TEXT_LEN)
+    return batch_size
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
