@@ -35,6 +35,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run as a script
 
+from corefm.train.meters import count_flops  # noqa: E402
 from projects.byteformer.model import ByteFormer, ByteFormerConfig, conv_tokens  # noqa: E402
 from projects.vit.model import ViTClassifier, ViTClassifierConfig  # noqa: E402
 
@@ -42,20 +43,10 @@ RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 DEMO = dict(dim=64, heads=2, ffn_dim=256, layers=6, window_size=32, merge_after=[0, 1, 3], kernel_size=16)
 
 
-def _attention_flops(q, k, v, *args, out_shape=None, **kwargs) -> int:
-    """QK^T and AV of one SDPA call: 2 matmuls of 2*B*H*Tq*Tk*D FLOPs each."""
-    b, h, tq, d = q
-    return 4 * b * h * tq * k[-2] * d
-
-
 def count_forward_flops(fn: Callable[[], object]) -> int:
-    from torch.utils.flop_counter import FlopCounterMode
-
-    mapping = {torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: _attention_flops}
-    counter = FlopCounterMode(display=False, custom_mapping=mapping)
-    with torch.no_grad(), counter:
-        fn()
-    return int(counter.get_total_flops())
+    """FLOPs of one no-grad call (corefm's counter: CPU attention included)."""
+    with torch.no_grad():
+        return count_flops(fn)[1]
 
 
 def timed(fns: list[Callable[[], object]], seconds: float, rounds: int = 3) -> list[tuple[float, float]]:
