@@ -25,6 +25,13 @@ def fp32_state_dict(ckpt_dir: Path) -> dict[str, torch.Tensor]:
         # It prints a report and a progress bar per file; failures still raise.
         with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
             state = get_fp32_state_dict_from_zero_checkpoint(str(ckpt_dir), tag=TAG)
+        # ZeRO-1 records no frozen parameters beside the optimizer's partitions (DeepSpeed saves them
+        # only when it partitions gradients), so the consolidation drops them; they never change, and
+        # the module file of ZeRO 1/2 holds every parameter whole.
+        module_file = tag_dir / "mp_rank_00_model_states.pt"
+        if module_file.is_file():
+            module = torch.load(module_file, map_location="cpu", weights_only=False)["module"]
+            state.update({k: v for k, v in module.items() if k not in state and v.numel()})
     else:
         model_file = tag_dir / "mp_rank_00_model_states.pt"
         if not model_file.is_file():

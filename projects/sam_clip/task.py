@@ -1,0 +1,235 @@
+"""Task ``sam_clip``: the paper's three stages, plus training a SAM teacher on ground truth.
+
+| stage | trains (lr multiplier) | loss |
+|---|---|---|
+| ``sam_gt`` | image encoder, prompt encoder, mask decoder (1x) | focal + dice vs ground-truth masks |
+| ``probe`` | CLIP head (1x); backbone frozen | 1 - cos(student, CLIP teacher) |
+| ``distill`` | CLIP head (1x), backbone + mask decoder (0.1x: ``backbone_lr_scale``, | (1 - cos) + sam_weight x |
+| | ``sam_head_lr_scale``) | (focal + dice) vs SAM teacher masks |
+| ``resolution`` | CLIP head + mask decoder (1x); backbone frozen; CLIP images at ``clip_image_size`` | as distill |
+
+SAM's prompt encoder is frozen in every SAM-CLIP stage.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import torch
+
+from corefm.errors import ConfigError
+from corefm.registry import register_task
+from corefm.tasks.base import Task
+from projects.sam_clip.data import Collate, SampleSpec, SampleTransform
+from projects.sam_clip.losses import distill_loss, iou_sums, mask_loss
+from projects.sam_clip.model import SamClipModel
+from projects.sam_clip.teachers import get_clip_teacher, get_sam_teacher
+
+
+
+@dataclass
+class SamClipTaskConfig:
+    stage: Literal["sam_gt", "probe", "distill", "resolution"] = "distill"
+    clip_source: Literal["stored", "online", "none"] = "stored"
+    sam_source: Literal["stored", "online", "gt", "none"] = "stored"
+    clip_teacher: str = ""  # open_clip folder, hf-hub:..., or NAME@CHECKPOINT
+    sam_teacher: str = ""  # segment_anything .pth
+    sam_teacher_config: str = ""  # preset or JSON; default sam_config.json beside the checkpoint
+    clip_image_size: int = 0  # student's CLIP input side; 0 = model.img_size
+    sam_weight: float = 10.0
+    backbone_lr_scale: float = 0.1
+    sam_head_lr_scale: float = 0.1
+    prompts: int = 1  # K point + K box prompts per SAM sample
+    mask_key: str = "seg.png"
+    label_key: str = "cls"
+    box_jitter: float = 0.1
+    class_names: list[str] = field(default_factory=list)  # zero-shot top-1 in eval (needs clip_teacher)
+    templates: str = "simple"
+
+
+def _stored_teachers(spec: str) -> dict:
+    """{"clip"/"sam": info} from the producer of every dataset.json a data spec points at."""
+    found: dict = {}
+    for part in (p for chunk in spec.split("::") for p in chunk.split(",") if p.strip()):
+        path = Path(part.strip().split("#")[0])
+        folder = path if path.is_dir() else path.parent
+        if (folder / "dataset.json").is_file():
+            producer = json.loads((folder / "dataset.json").read_text()).get("producer", {})
+            for kind, info in (producer.get("teachers") or {}).items():
+                found.setdefault(kind, []).append((str(folder), info))
+    return found
+
+
+class SamClipTask(Task):
+    def __init__(self, cfg: SamClipTaskConfig, model: SamClipModel, data_specs: tuple[str, ...] = ()):
+        super().__init__(model)
+        self.cfg = cfg
+        mcfg = model.cfg
+        if cfg.stage == "sam_gt" and cfg.sam_source != "gt":
+            raise ConfigError("task.stage sam_gt trains on ground truth: set task.sam_source: gt")
+        self.clip_teacher = get_clip_teacher(cfg.clip_teacher) if cfg.clip_teacher else None
+        self.sam_teacher = get_sam_teacher(cfg.sam_teacher, cfg.sam_teacher_config) if cfg.sam_teacher else None
+        if cfg.clip_source == "online" and self.clip_teacher is None:
+            raise ConfigError("task.clip_source online needs task.clip_teacher")
+        if cfg.sam_source == "online" and self.sam_teacher is None:
+            raise ConfigError("task.sam_source online needs task.sam_teacher")
+        if self.clip_teacher is not None and self.clip_teacher.embed_dim != mcfg.clip_embed_dim:
+            raise ConfigError(f"CLIP teacher embeds into {self.clip_teacher.embed_dim} dims, "
+                              f"model.clip_embed_dim is {mcfg.clip_embed_dim}")
+        if self.sam_teacher is not None and self.sam_teacher.cfg.img_size != mcfg.img_size:
+            raise ConfigError(f"SAM teacher input is {self.sam_teacher.cfg.img_size} px, "
+                              f"model.img_size is {mcfg.img_size}")
+        self.versions = self._check_stored(data_specs)
+        self.spec = SampleSpec(
+            sam_size=mcfg.img_size, mask_size=4 * mcfg.img_size // mcfg.patch_size,
+            clip_size=cfg.clip_image_size or mcfg.img_size, clip_source=cfg.clip_source, sam_source=cfg.sam_source,
+            embed_dim=mcfg.clip_embed_dim, pixel_mean=list(mcfg.pixel_mean), pixel_std=list(mcfg.pixel_std),
+            prompts=cfg.prompts, mask_key=cfg.mask_key, label_key=cfg.label_key, box_jitter=cfg.box_jitter,
+            teacher_size=self.clip_teacher.image_size[0] if self.clip_teacher else 0,
+            teacher_preprocess=self.clip_teacher.preprocess if self.clip_teacher else None, versions=self.versions)
+        if self.spec.clip_size % mcfg.patch_size:
+            raise ConfigError(f"task.clip_image_size {self.spec.clip_size} is not a multiple of "
+                              f"model.patch_size {mcfg.patch_size}")
+        self.classifier = self.clip_teacher.classifier(cfg.class_names, cfg.templates) \
+            if cfg.class_names and self.clip_teacher else None
+        self._apply_freezing()
+
+    # --- stages ------------------------------------------------------------------------------
+    def _apply_freezing(self) -> None:
+        m, stage = self.model, self.cfg.stage
+        trainable = {"sam_gt": ("image_encoder", "prompt_encoder", "mask_decoder"), "probe": ("clip_head",),
+                     "distill": ("image_encoder", "mask_decoder", "clip_head"),
+                     "resolution": ("clip_head", "mask_decoder")}[stage]
+        for name in ("image_encoder", "prompt_encoder", "mask_decoder", "clip_head"):
+            getattr(m, name).requires_grad_(name in trainable)
+        self.uses_clip = stage != "sam_gt" and self.cfg.clip_source != "none"
+        self.uses_sam = stage != "probe" and self.cfg.sam_source != "none"
+
+    def param_lr_scales(self) -> dict[str, float]:
+        """{parameter name: lr multiplier}, read by corefm's optimizer builder (param groups)."""
+        if self.cfg.stage != "distill":
+            return {}
+        scales = {"model.image_encoder.": self.cfg.backbone_lr_scale, "model.mask_decoder.": self.cfg.sam_head_lr_scale}
+        return {n: s for n, _ in self.named_parameters() for prefix, s in scales.items() if n.startswith(prefix)}
+
+    def _check_stored(self, data_specs: tuple[str, ...]) -> dict[str, str]:
+        """Refuse shards whose stored teacher outputs came from another teacher than the recipe's."""
+        want = {k: t.version for k, t in (("clip", self.clip_teacher), ("sam", self.sam_teacher)) if t is not None}
+        for spec in data_specs:
+            for kind, entries in _stored_teachers(spec).items():
+                for folder, info in entries:
+                    if kind in want and info.get("version") != want[kind]:
+                        raise ConfigError(f"{folder}: stored {kind} teacher outputs are from {info.get('source')} "
+                                          f"version {info.get('version')}, but the recipe's {kind} teacher is version "
+                                          f"{want[kind]}; rerun `corefm data teacher-outputs` with this teacher")
+                    if kind == "clip" and info.get("embed_dim") not in (None, self.model.cfg.clip_embed_dim):
+                        raise ConfigError(f"{folder}: stored CLIP embeddings have {info['embed_dim']} dims, "
+                                          f"model.clip_embed_dim is {self.model.cfg.clip_embed_dim}")
+        return want
+
+    # --- data --------------------------------------------------------------------------------
+    def sample_transform(self, train: bool) -> SampleTransform:
+        return SampleTransform(self.spec, train)
+
+    def collate(self, samples: list[dict]) -> dict:
+        return Collate(self.spec)(samples)
+
+    # --- forward -----------------------------------------------------------------------------
+    def _encode(self, images: torch.Tensor) -> torch.Tensor:
+        if self.model.image_encoder.patch_embed.proj.weight.requires_grad:
+            return self.model.encode(images)
+        with torch.no_grad():
+            return self.model.encode(images)
+
+    def clip_outputs(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        """Student (Nc, E) and teacher (Nc, E) CLIP embeddings of the batch's CLIP rows."""
+        student = self.model.clip_embed(self._encode(batch["clip_image"]))
+        if "clip_target" in batch:
+            return student, batch["clip_target"]
+        return student, self.clip_teacher.encode_image(batch["clip_teacher_image"].float()).to(student.dtype)
+
+    def sam_outputs(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        """Student mask logits and 0/1 targets, (Ns, 2K, m, m): K point prompts then K box prompts."""
+        emb = self.model.image_embeddings(self._encode(batch["sam_image"]))
+        logits = []
+        for i in range(len(emb)):
+            pts, _ = self.model.decode(emb[i:i + 1], batch["sam_points"][i], batch["sam_point_labels"][i])
+            box, _ = self.model.decode(emb[i:i + 1], boxes=batch["sam_boxes"][i])
+            logits.append(torch.cat([pts[:, 0], box[:, 0]]))
+        logits = torch.stack(logits) if logits else emb.new_zeros(0, 2 * self.cfg.prompts, *batch["sam_gt"].shape[-2:])
+        if "sam_target" in batch:
+            target = batch["sam_target"]
+        elif len(emb):
+            teacher = self.sam_teacher.predict(batch["sam_image"].float(), batch["sam_points"].float(),
+                                               batch["sam_point_labels"], batch["sam_boxes"].float())
+            target = (teacher > 0).to(logits.dtype)
+        else:
+            target = torch.zeros_like(logits)
+        return logits, target
+
+    def _touch(self, module: torch.nn.Module) -> torch.Tensor:
+        # a rank whose batch has no rows of a kind still gives that head (zero) gradients, so ZeRO's
+        # gradient reduction sees the same parameters on every rank
+        return sum((p.sum() * 0 for p in module.parameters() if p.requires_grad), torch.zeros(()))
+
+    def forward(self, batch: dict, mode: str = "train") -> dict[str, torch.Tensor]:
+        if mode == "eval":
+            return self.eval_sums(batch)
+        zero = torch.zeros(0, 1, 1, 1)
+        clip_s, clip_t = self.clip_outputs(batch) if self.uses_clip and len(batch["clip_image"]) else (zero, zero)
+        sam_l, sam_t = self.sam_outputs(batch) if self.uses_sam and len(batch["sam_image"]) else (zero, zero)
+        if self.cfg.stage == "sam_gt":
+            loss = mask_loss(sam_l.flatten(0, 1), sam_t.flatten(0, 1)) if sam_l.numel() else torch.zeros(())
+            out = {"loss": loss, "loss_sam": loss.detach()}
+        else:
+            out = distill_loss(clip_s, clip_t, sam_l.flatten(0, 1), sam_t.flatten(0, 1), self.cfg.sam_weight)
+            out = {"loss": out["loss"], "loss_clip": out["loss_clip"].detach(), "loss_sam": out["loss_sam"].detach()}
+        out["loss"] = out["loss"] + self._touch(self.model)
+        return out
+
+    @torch.no_grad()
+    def eval_sums(self, batch: dict) -> dict[str, torch.Tensor]:
+        sums: dict[str, torch.Tensor] = {}
+        if self.uses_clip and len(batch["clip_image"]):
+            s, t = self.clip_outputs(batch)
+            sums["clip_cos_sum"] = torch.nn.functional.cosine_similarity(s.float(), t.float(), dim=-1).sum()
+            sums["clip_count"] = torch.tensor(float(len(s)))
+            known = batch["clip_label"] >= 0
+            if self.classifier is not None and known.any():
+                pred = (torch.nn.functional.normalize(s.float(), dim=-1) @ self.classifier).argmax(-1)
+                sums["zs_correct"] = (pred[known] == batch["clip_label"][known]).sum().float()
+                sums["zs_count"] = known.sum().float()
+        if self.uses_sam and len(batch["sam_image"]):
+            logits, target = self.sam_outputs(batch)
+            k = self.cfg.prompts
+            gt = batch["sam_gt"][:, None].expand(-1, k, -1, -1)
+            has = batch["sam_has_gt"] > 0
+            for name, sl in (("point", slice(0, k)), ("box", slice(k, 2 * k))):
+                sums[f"iou_target_{name}_sum"], sums[f"iou_target_{name}_count"] = iou_sums(
+                    logits[:, sl].flatten(0, 1), target[:, sl].flatten(0, 1))
+                if has.any():
+                    sums[f"iou_gt_{name}_sum"], sums[f"iou_gt_{name}_count"] = iou_sums(
+                        logits[has][:, sl].flatten(0, 1), gt[has].flatten(0, 1))
+        return sums
+
+    def eval_metrics(self, sums: dict[str, float]) -> dict[str, float]:
+        out: dict[str, float] = {}
+        if sums.get("clip_count"):
+            out["clip_cosine"] = sums["clip_cos_sum"] / sums["clip_count"]
+        if sums.get("zs_count"):
+            out["zero_shot_top1"] = sums["zs_correct"] / sums["zs_count"]
+        for key in [k for k in sums if k.startswith("iou_") and k.endswith("_sum")]:
+            count = sums[key.replace("_sum", "_count")]
+            if count:
+                out["miou_" + key[4:-4]] = sums[key] / count
+        return out
+
+
+@register_task("sam_clip", SamClipTaskConfig)
+def build_task(cfg: SamClipTaskConfig, model: SamClipModel, recipe) -> SamClipTask:
+    if not isinstance(model, SamClipModel):
+        raise ConfigError(f"task sam_clip needs model sam_clip, got {type(model).__name__}")
+    return SamClipTask(cfg, model, (recipe.data.train, recipe.data.val))
