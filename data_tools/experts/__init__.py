@@ -80,7 +80,7 @@ def _import(arg: str) -> Expert:
     module, _, cls = arg.rpartition(".")
     try:
         expert = getattr(importlib.import_module(module), cls)()
-    except (ImportError, AttributeError, ValueError) as e:
+    except (ImportError, AttributeError, ValueError, TypeError) as e:  # TypeError: label() not implemented
         raise DataError(f"import:{arg}: cannot load the expert class ({type(e).__name__}: {e})") from None
     if not isinstance(expert, Expert):
         raise DataError(f"import:{arg} is not a data_tools.experts.Expert")

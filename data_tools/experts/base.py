@@ -13,13 +13,14 @@ from __future__ import annotations
 
 import io
 import json
+from abc import ABC, abstractmethod
 from typing import Any
 
 import numpy as np
 from PIL import Image
 
 
-class Expert:
+class Expert(ABC):
     """Subclasses set ``name``, ``version``, ``key`` and implement :meth:`label`.
 
     ``inputs`` names other image members of the sample the expert also needs (a stereo pair's
@@ -31,9 +32,9 @@ class Expert:
     key: str = ""
     inputs: tuple[str, ...] = ()
 
+    @abstractmethod
     def label(self, image: Image.Image, *others: Image.Image) -> Any:
         """image (any PIL mode) -> label: np.ndarray for ``*.png`` keys, dict for ``*.json``."""
-        raise NotImplementedError
 
     def __call__(self, image: Image.Image, others: dict[str, Image.Image] | None = None) -> Any:
         if not self.inputs:

@@ -26,3 +26,9 @@ class WrongType(Expert):
 
     def label(self, image):
         return np.zeros((4, 4), dtype=np.float64)
+
+
+class Unfinished(Expert):
+    """Forgot to implement label(): refused when the expert is built, before any shard is read."""
+
+    name, version, key = "unfinished", "0", "seg.png"

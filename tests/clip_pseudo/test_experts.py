@@ -136,3 +136,11 @@ def test_unreachable_hub_model_is_one_line(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(DataError, match="neither a local folder nor reachable"):
         build_expert("hf-depth:some-org/no-such-model")
+
+
+def test_user_experts_load_by_import_and_unfinished_ones_are_refused():
+    assert build_expert("import:tests.clip_pseudo.experts_fixture.Flaky").name == "flaky"
+    with pytest.raises(DataError, match=r"import:tests.clip_pseudo.experts_fixture.Unfinished: cannot load .*label"):
+        build_expert("import:tests.clip_pseudo.experts_fixture.Unfinished")
+    with pytest.raises(DataError, match="cannot load the expert class"):
+        build_expert("import:tests.clip_pseudo.experts_fixture.Missing")
