@@ -157,6 +157,11 @@ def train(recipe: Recipe) -> dict[str, Any]:
                 save()
     save()
     final = {"step": step, "loss": metrics.get("loss"), "last_loss": last_loss}
+    if last_loss is None and (run_dir / "final.json").is_file():
+        # A finished run started again trains no step and only re-evaluates: keep the training
+        # losses it recorded instead of overwriting them with nothing.
+        previous = json.loads((run_dir / "final.json").read_text())
+        final.update(loss=previous.get("loss"), last_loss=previous.get("last_loss"))
     if recipe.data.val:
         final["eval"] = evaluate(engine, task, recipe, dtype)
         monitor.log(step, final["eval"], kind="eval")

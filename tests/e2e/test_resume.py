@@ -72,3 +72,10 @@ def test_sigterm_checkpoints_and_resumes(digits, tmp_path):
     again = run(cmd)
     assert again.returncode == 0, again.stderr[-3000:]
     assert losses(run_dir) == losses(reference)
+    # Started once more, the finished run only re-evaluates and keeps its recorded losses.
+    before = final(run_dir)
+    assert before["loss"] is not None
+    once_more = run(cmd)
+    assert once_more.returncode == 0, once_more.stderr[-3000:]
+    after = final(run_dir)
+    assert (after["step"], after["loss"], after["last_loss"]) == (before["step"], before["loss"], before["last_loss"])
