@@ -1,17 +1,6 @@
-"""Shared fixtures: a tiny ByteFormer config and a seeded RNG per test."""
+"""Shared helpers: a tiny ByteFormer config (the per-test RNG seed is in tests/conftest.py)."""
 
 from __future__ import annotations
-
-import numpy as np
-import pytest
-import torch
-
-
-@pytest.fixture(autouse=True)
-def _seed():
-    torch.manual_seed(1234)
-    np.random.seed(1234)
-    yield
 
 
 def tiny_model_args(**extra) -> dict:

@@ -4,26 +4,17 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import pytest
-import torch
 
-
-@pytest.fixture(autouse=True)
-def _seed():
-    torch.manual_seed(1234)
-    np.random.seed(1234)
-    yield
+from tests.conftest import require_fashion_mnist
 
 
 @pytest.fixture(scope="session")
 def fashion_it(tmp_path_factory) -> Path:
     """OUT/train and OUT/val (8 shards x 48 each) of real Fashion-MNIST image-text pairs."""
     from data_tools.image_text import build
-    from data_tools.images import FASHION_ROOT
 
-    if not (FASHION_ROOT / "train-images-idx3-ubyte.gz").is_file():
-        pytest.skip("needs Debian's dataset-fashion-mnist (apt-get install dataset-fashion-mnist)")
+    require_fashion_mnist()
     out = tmp_path_factory.mktemp("fashion_it")
     build("fashion-mnist", out, samples_per_shard=48, limit=384, workers=2)
     return out

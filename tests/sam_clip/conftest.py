@@ -5,27 +5,19 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 
-
-@pytest.fixture(autouse=True)
-def _seed():
-    torch.manual_seed(1234)
-    np.random.seed(1234)
-    yield
+from tests.conftest import require_fashion_mnist
 
 
 @pytest.fixture(scope="session")
 def fashion_seg(tmp_path_factory) -> Path:
     """OUT/train and OUT/val (4 shards x 32 each) of Fashion-MNIST images with seg.png and cls."""
     from data_tools.image_text import build
-    from data_tools.images import FASHION_ROOT
     from data_tools.pseudo_label import run
 
-    if not (FASHION_ROOT / "train-images-idx3-ubyte.gz").is_file():
-        pytest.skip("needs Debian's dataset-fashion-mnist (apt-get install dataset-fashion-mnist)")
+    require_fashion_mnist()
     it = tmp_path_factory.mktemp("fashion_it")
     build("fashion-mnist", it, samples_per_shard=32, limit=128, workers=2)
     out = tmp_path_factory.mktemp("fashion_seg")
