@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
+from corefm.nn.cpu_attention import dense_attention, fits_dense, single_query_attention
 from corefm.nn.embeddings import RotaryEmbedding
 from corefm.nn.kv_cache import KVCache
 from corefm.nn.norms import RMSNorm
@@ -54,22 +55,6 @@ def build_attention_mask(
     return mask
 
 
-def _single_query_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    """One query position per row (KV-cached decoding) as two grouped matmuls.
-
-    q: (B, Hq, 1, hd), k/v: (B, Hk, S, hd) -> (B, Hq, 1, hd). The query heads sharing a KV head
-    become the rows of one (n_rep, hd) x (hd, S) product, so GQA needs no repeated keys; on a CPU
-    this is ~7x faster than the flash kernel, which tiles for long queries (560 vs 78 us at batch 8).
-    Softmax runs in fp32 as in the fused kernels.
-    """
-    b, hq, _, hd = q.shape
-    hk = k.shape[1]
-    qg = rearrange(q, "b (hk r) 1 d -> b hk r d", hk=hk)
-    scores = torch.matmul(qg, k.transpose(-1, -2)).float() * hd**-0.5  # (B, Hk, r, S)
-    out = torch.matmul(scores.softmax(dim=-1).to(v.dtype), v)  # (B, Hk, r, hd)
-    return out.reshape(b, hq, 1, hd)
-
-
 def sdpa(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -82,10 +67,16 @@ def sdpa(
     q: (B, Hq, T, hd), k/v: (B, Hk, S, hd) with Hq % Hk == 0, mask: bool broadcastable to
     (B, Hq, T, S) -> (B, Hq, T, hd). Query head h uses KV head h // (Hq / Hk), as in
     OpenELM/LLaMA. A query row whose keys are all masked returns zeros (not NaN).
+    is_causal (without a mask) is for T == S, query i attending keys j <= i.
     """
     n_rep = q.shape[1] // k.shape[1]
-    if mask is None and not is_causal and q.shape[-2] == 1 and q.device.type == "cpu":
-        return _single_query_attention(q, k, v)
+    if mask is None and q.device.type == "cpu":
+        # torch's CPU flash kernel is slow for one query and for short bf16 sequences (see
+        # corefm.nn.cpu_attention); in fp32 and fp16 the CPU's GEMMs are too slow for dense to win.
+        if not is_causal and q.shape[-2] == 1:
+            return single_query_attention(q, k, v)
+        if q.dtype == torch.bfloat16 and fits_dense(q, k):
+            return dense_attention(q, k, v, causal=is_causal)
     if mask is None:
         # Without an explicit mask the flash kernel is usable and it supports GQA natively,
         # so the KV heads need not be materialised n_rep times.
