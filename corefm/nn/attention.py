@@ -11,6 +11,7 @@ from einops import rearrange
 from torch import nn
 
 from corefm.nn.cpu_attention import dense_attention, fits_dense, single_query_attention
+from corefm.nn.cpu_linear import Linear
 from corefm.nn.embeddings import RotaryEmbedding
 from corefm.nn.kv_cache import KVCache
 from corefm.nn.norms import RMSNorm
@@ -130,11 +131,11 @@ class Attention(nn.Module):
         self.num_kv_heads = num_kv_heads
         self.head_dim = head_dim
         self.causal = causal
-        self.qkv_proj = nn.Linear(dim, (num_heads + 2 * num_kv_heads) * head_dim, bias=bias)
+        self.qkv_proj = Linear(dim, (num_heads + 2 * num_kv_heads) * head_dim, bias=bias)
         self.q_norm = RMSNorm(head_dim, eps=norm_eps) if qk_norm else None
         self.k_norm = RMSNorm(head_dim, eps=norm_eps) if qk_norm else None
         self.rope = rope
-        self.out_proj = nn.Linear(num_heads * head_dim, dim, bias=bias)
+        self.out_proj = Linear(num_heads * head_dim, dim, bias=bias)
 
     def project(
         self, x: torch.Tensor, positions: torch.Tensor | None = None

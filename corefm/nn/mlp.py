@@ -6,6 +6,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from corefm.nn.cpu_linear import Linear
+
 MLP_KINDS = ("swiglu", "gelu", "quick_gelu")
 
 
@@ -21,8 +23,8 @@ class SwiGLU(nn.Module):
     def __init__(self, dim: int, hidden_dim: int, bias: bool = False) -> None:
         super().__init__()
         self.hidden_dim = hidden_dim
-        self.proj_1 = nn.Linear(dim, 2 * hidden_dim, bias=bias)
-        self.proj_2 = nn.Linear(hidden_dim, dim, bias=bias)
+        self.proj_1 = Linear(dim, 2 * hidden_dim, bias=bias)
+        self.proj_2 = Linear(hidden_dim, dim, bias=bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         gate, up = self.proj_1(x).chunk(2, dim=-1)
@@ -41,8 +43,8 @@ class GELUMLP(nn.Module):
         if act not in ("gelu", "quick_gelu"):
             raise ValueError(f"unknown GELU variant {act!r}; valid: gelu, quick_gelu")
         self.act = act
-        self.fc1 = nn.Linear(dim, hidden_dim, bias=bias)
-        self.fc2 = nn.Linear(hidden_dim, dim, bias=bias)
+        self.fc1 = Linear(dim, hidden_dim, bias=bias)
+        self.fc2 = Linear(hidden_dim, dim, bias=bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.fc1(x)

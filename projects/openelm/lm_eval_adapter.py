@@ -118,20 +118,23 @@ class OpenELMLM(TemplateLM):
     def generate_until(self, requests, disable_tqdm: bool = False) -> list[str]:
         """Greedy continuation of each context, cut at the first ``until`` string."""
         outputs = []
-        for req in tqdm(requests, disable=disable_tqdm, desc="generate_until", unit="req"):
-            context, gen_kwargs = req.args
-            until = gen_kwargs.get("until") or []
-            until = [until] if isinstance(until, str) else list(until)
-            max_new = int(gen_kwargs.get("max_gen_toks", 256))
-            ids = self.tok_encode(context)[-(self.max_length - max_new):] if max_new < self.max_length else \
-                self.tok_encode(context)[-1:]
-            out = self.model.generate(torch.tensor([ids]), max_new, eos_token_id=self.eot_token_id)
-            text = self.tok_decode(out[0, len(ids):].tolist())
-            for stop in until:
-                if stop and stop in text:
-                    text = text[: text.index(stop)]
-            outputs.append(text)
+        with self.model.decoding():  # weights packed once for all requests (corefm.nn.cpu_linear)
+            for req in tqdm(requests, disable=disable_tqdm, desc="generate_until", unit="req"):
+                outputs.append(self._generate_one(*req.args))
         return outputs
+
+    def _generate_one(self, context: str, gen_kwargs: dict) -> str:
+        until = gen_kwargs.get("until") or []
+        until = [until] if isinstance(until, str) else list(until)
+        max_new = int(gen_kwargs.get("max_gen_toks", 256))
+        ids = self.tok_encode(context)[-(self.max_length - max_new):] if max_new < self.max_length else \
+            self.tok_encode(context)[-1:]
+        out = self.model.generate(torch.tensor([ids]), max_new, eos_token_id=self.eot_token_id)
+        text = self.tok_decode(out[0, len(ids):].tolist())
+        for stop in until:
+            if stop and stop in text:
+                text = text[: text.index(stop)]
+        return text
 
 
 def evaluate_release(release_dir: Path, tasks: list[str], include_path: str = "", num_fewshot: int | None = None,

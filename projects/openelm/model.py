@@ -82,6 +82,11 @@ class OpenELM(DecoderLM):
         """
         if input_ids.ndim != 2 or input_ids.shape[1] == 0:
             raise ValueError(f"input_ids must be a non-empty (B, T) tensor, got shape {tuple(input_ids.shape)}")
+        with self.decoding():
+            return self._decode(input_ids, max_new_tokens, temperature, top_k, eos_token_id, generator)
+
+    def _decode(self, input_ids: torch.Tensor, max_new_tokens: int, temperature: float, top_k: int,
+                eos_token_id: int | None, generator: torch.Generator | None) -> torch.Tensor:
         cache = self.new_kv_cache()
         out = input_ids
         step_in = input_ids

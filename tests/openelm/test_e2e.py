@@ -4,6 +4,7 @@ beat the unigram baseline -> average checkpoints -> release -> transformers and 
 from __future__ import annotations
 
 import json
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -119,6 +120,22 @@ def test_release_loads_in_transformers_and_runs_lm_eval(trained, tmp_path, lm_to
         correct += int(np.argmax(scores) == d["gold"])
     assert got == pytest.approx(correct / len(docs))
     assert correct >= 2  # the trained model prefers the grammatical continuation
+    # generate_until (packed bf16 weights, KV cache) against greedy decoding by full recompute
+    from projects.openelm.lm_eval_adapter import OpenELMLM
+
+    lm = OpenELMLM(str(release), dtype="bfloat16")
+    ids = torch.tensor([lm.tok_encode("Romeo loves")])
+    with torch.no_grad():
+        for _ in range(6):  # stopping after EOS, as generate does
+            ids = torch.cat([ids, lm.model(ids)[:, -1].float().argmax(-1, keepdim=True)], dim=1)
+            if ids[0, -1] == lm.eot_token_id:
+                break
+    expected = lm.tok_decode(ids[0, len(lm.tok_encode("Romeo loves")):].tolist())
+    requests = [SimpleNamespace(args=("Romeo loves", {"max_gen_toks": 6}))] * 2
+    assert lm.generate_until(requests) == [expected, expected]
+    stop = expected.strip()[:2]
+    cut = lm.generate_until([SimpleNamespace(args=("Romeo loves", {"until": [stop], "max_gen_toks": 6}))])
+    assert cut == [expected[: expected.index(stop)]]
 
 
 def test_zero3_with_tied_embeddings_matches_zero1(data, tmp_path):

@@ -1,0 +1,67 @@
+"""Linear layers that decode from oneDNN-packed bf16 weights on a CPU.
+
+Decoding a few tokens at a time multiplies a handful of rows by every weight matrix, so it is
+bound by how fast the weights stream through the GEMM. torch's plain bf16 ``F.linear`` reaches
+~14 GB/s there on one core, while the same product from weights reordered into oneDNN's blocked
+layout (the packing torch.compile's CPU backend does when it freezes a model) reaches ~31 GB/s:
+2.3x faster per decoded token for a 40M-parameter model, with bit-identical results in bf16
+(fp32 packed GEMMs reorder the accumulation, so fp32 stays on ``F.linear``).
+
+Inside ``packed_weights(model)``, under ``torch.no_grad``, every :class:`Linear` of the model (and
+any extra weight given, such as a tied embedding used as the LM head) runs from a packed copy made
+on entry and freed on exit (~15 ms for 80 MB of weights). Copies are not cached across blocks: a
+fused AdamW step changes weights without bumping their version counter, so no cheap key could tell
+a stale copy. The weights must not change inside the block; nested blocks reuse the outer copies,
+so a loop of ``generate`` calls inside one ``model.decoding()`` block packs once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+# id(weight) -> packed copy, filled only inside packed_weights().
+_ACTIVE: dict[int, torch.Tensor] = {}
+
+
+def can_pack(weight: torch.Tensor) -> bool:
+    """True for a 2-D bf16 CPU weight that is materialised (not a DeepSpeed ZeRO-3 partition)."""
+    return (weight.ndim == 2 and weight.dtype == torch.bfloat16 and weight.device.type == "cpu"
+            and not hasattr(weight, "ds_id") and torch.backends.mkldnn.is_available())
+
+
+def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """F.linear: x (..., in) -> (..., out); from the packed copy inside ``packed_weights`` without grad."""
+    if _ACTIVE and not torch.is_grad_enabled():
+        packed = _ACTIVE.get(id(weight))
+        if packed is not None and x.dtype == weight.dtype:
+            return torch.ops.mkldnn._linear_pointwise(x, packed, bias, "none", [], "")
+    return F.linear(x, weight, bias)
+
+
+class Linear(nn.Linear):
+    """nn.Linear (same parameters and state dict) that ``packed_weights`` can speed up."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return linear(x, self.weight, self.bias)
+
+
+@contextmanager
+def packed_weights(model: nn.Module, extra: Iterable[torch.Tensor] = ()) -> Iterator[None]:
+    """Run ``model``'s corefm Linears (and ``extra`` weights passed to :func:`linear`) from packed copies."""
+    weights = [m.weight for m in model.modules() if isinstance(m, Linear)] + list(extra)
+    added = [w for w in weights if can_pack(w) and id(w) not in _ACTIVE]
+    with torch.no_grad():
+        for w in added:
+            # The batch-size hint picks oneDNN's layout for the few-row products of decoding.
+            _ACTIVE[id(w)] = torch.ops.mkldnn._reorder_linear_weight(w.detach(), 1)
+    try:
+        yield
+    finally:
+        for w in added:
+            _ACTIVE.pop(id(w), None)
+
