@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# OpenELM on a CPU in about 7 minutes: Shakespeare -> LLaMA-token shards -> a 6-layer OpenELM trained
+# OpenELM on a CPU in about 4 minutes: Shakespeare -> LLaMA-token shards -> a 6-layer OpenELM trained
 # on 2 ranks (bf16, z-loss) -> validation perplexity against the unigram baseline -> release folder
 # (dry run) -> a greedy sample. Run from anywhere; extra arguments go to `corefm train` (e.g.
 # --set train.max_steps=60). Delete runs/shakespeare_demo to train again from scratch (re-running
