@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # CLIP + pseudo-labels on a CPU: Fashion-MNIST image-text shards -> Otsu foreground and Canny edge
 # pseudo-labels -> a tiny CLIP trained with and without the heads (2 ranks each) -> zero-shot,
-# retrieval and dense probes for both -> an open_clip release folder (dry run). About 30 minutes on
-# 2 cores. Run from anywhere; extra arguments go to both `corefm train` calls (e.g.
+# retrieval and dense probes for both -> an open_clip release folder (dry run). About 10 minutes on
+# a quiet 2-core machine (~30 under load). Run from anywhere; extra arguments go to both `corefm train` calls (e.g.
 # --set train.max_steps=200). A finished run only re-evaluates; delete runs/fashion_tiny* to retrain.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
