@@ -107,6 +107,13 @@ class SamClipTask(Task):
             getattr(m, name).requires_grad_(name in trainable)
         self.uses_clip = stage != "sam_gt" and self.cfg.clip_source != "none"
         self.uses_sam = stage != "probe" and self.cfg.sam_source != "none"
+        # _touch reads every trainable parameter in this module's own forward, outside the forwards
+        # of the modules that own them: ZeRO-3 must gather them for it (no effect at stages 0-2).
+        from deepspeed.runtime.zero.partition_parameters import register_external_parameter
+
+        for p in m.parameters():
+            if p.requires_grad:
+                register_external_parameter(self, p)
 
     def param_lr_scales(self) -> dict[str, float]:
         """{parameter name: lr multiplier}, read by corefm's optimizer builder (param groups)."""
@@ -232,4 +239,11 @@ class SamClipTask(Task):
 def build_task(cfg: SamClipTaskConfig, model: SamClipModel, recipe) -> SamClipTask:
     if not isinstance(model, SamClipModel):
         raise ConfigError(f"task sam_clip needs model sam_clip, got {type(model).__name__}")
-    return SamClipTask(cfg, model, (recipe.data.train, recipe.data.val))
+    task = SamClipTask(cfg, model, (recipe.data.train, recipe.data.val))
+    if recipe.deepspeed.zero_stage == 3 and task.uses_clip and task.uses_sam:
+        # A rank whose batch has no CLIP (or SAM) rows skips that branch, while ZeRO-3 gathers each
+        # module's parameters collectively as it runs: the ranks would wait on each other forever.
+        raise ConfigError(f"task.stage {cfg.stage} trains the CLIP and SAM branches on mixed batches, which "
+                          "deepspeed.zero_stage 3 cannot run (ranks would skip different modules and hang); "
+                          "use zero_stage 1 or 2 (stages probe and sam_gt run at 3)")
+    return task

@@ -66,6 +66,12 @@ def test_three_stages_on_two_ranks(teacher_data, clip_teacher_dir):
     assert sam.keys() <= exported.keys()
     assert all(torch.equal(exported[k], v.float()) for k, v in sam.items())
     mix = f"{data / 'clip_set'}::{data / 'sam_set'}"
+    # ZeRO-3 partitions the frozen parameters too; consolidation must still give them back whole.
+    _train("fashion_probe.yaml", tmp / "probe_zero3", **teachers, **{
+        "model.sam_checkpoint": sam_pth, "data.train": data / "clip_set", "deepspeed.zero_stage": 3})
+    exported3 = load_file(str(tmp / "probe_zero3/model.safetensors"))
+    assert exported3.keys() == exported.keys()
+    assert all(torch.equal(exported3[k], v.float()) for k, v in sam.items())
     distill = _train("fashion_distill.yaml", tmp / "distill", **teachers, **{
         "model.init_checkpoint": tmp / "probe/model.safetensors", "data.train": mix})
     assert {"clip_cosine", "miou_target_point", "miou_gt_box"} <= set(distill["eval"])

@@ -88,6 +88,19 @@ def test_recipe_builds_from_preset():
     assert task.model.cfg.img_size == 32 and task.model.cfg.clip_embed_dim == 32
 
 
+def test_zero3_is_refused_where_ranks_would_run_different_branches():
+    from corefm.train.build import build_task
+
+    def recipe(stage: str, **task):
+        return parse_recipe({"model": {"name": "sam_clip", "preset": "tiny", "clip_embed_dim": 32},
+                             "task": {"name": "sam_clip", "stage": stage, "sam_source": "gt", **task},
+                             "deepspeed": {"zero_stage": 3}})
+
+    with pytest.raises(ConfigError, match="zero_stage 3 cannot run"):
+        build_task(recipe("distill", clip_source="stored"))
+    build_task(recipe("sam_gt", clip_source="none"))  # one branch: every rank runs the same modules
+
+
 def test_recipes_parse():
     from corefm.train.config import load_recipe
     from tests.e2e.util import ROOT
