@@ -21,8 +21,8 @@ from tqdm import tqdm
 from corefm.data import DataConfig, build_eval_loader
 from corefm.data.errors import DataError
 from corefm.errors import ConfigError
-from projects.sam_clip.losses import iou_sums
-from projects.sam_clip.task import SamClipTask, SamClipTaskConfig
+from projects.sam_clip.losses import prompt_iou_sums, zero_shot_counts
+from projects.sam_clip.task import SamClipTask, SamClipTaskConfig, gt_per_prompt
 
 # The weights come from model.safetensors; teachers and init files need not exist where the model is loaded.
 NO_TEACHERS = ["model.sam_checkpoint=", "model.init_checkpoint=", "task.stage=distill", "task.clip_source=none",
@@ -121,10 +121,12 @@ def run_eval(path: Path, data: str, clip_teacher: str = "", sam_teacher: str = "
     seen = 0
     bar = tqdm(total=max_samples or loader.num_samples, unit="img", desc="sam-clip-eval", leave=False)
     for batch in loader:
-        for k, v in task.eval_sums(batch).items():
+        # The backbone runs once on the CLIP rows: their tokens serve the metrics and the dense features.
+        tokens = model.encode(batch["clip_image"]) if task.uses_clip and len(batch["clip_image"]) else None
+        for k, v in task.eval_sums(batch, clip_tokens=tokens).items():
             add(k, v)
-        if text is not None and len(batch["clip_image"]):
-            dense = model.clip_embed(model.encode(batch["clip_image"]), dense=True)
+        if text is not None and tokens is not None:
+            dense = model.clip_embed(tokens, dense=True)
             keep = (batch["clip_has_mask"] > 0) & (batch["clip_label"] >= 0)
             if keep.any():
                 args = (dense[keep], text, batch["clip_label"][keep], batch["clip_mask"][keep])
@@ -157,17 +159,14 @@ def _teacher_sums(task: SamClipTask, batch: dict, add) -> None:
     """The teachers' own zero-shot top-1 and mIoU vs ground truth on the same samples and prompts."""
     if task.clip_teacher is not None and task.classifier is not None and len(batch["clip_image"]):
         emb = task.clip_teacher.encode_image(batch["clip_teacher_image"].float())
-        known = batch["clip_label"] >= 0
-        pred = (emb @ task.classifier).argmax(-1)
-        add("t_zs_correct", (pred[known] == batch["clip_label"][known]).sum())
-        add("t_zs_count", known.sum())
+        correct, count = zero_shot_counts(emb, task.classifier, batch["clip_label"])
+        add("t_zs_correct", correct)
+        add("t_zs_count", count)
     if task.sam_teacher is not None and len(batch["sam_image"]):
         logits = task.sam_teacher.predict(batch["sam_image"].float(), batch["sam_points"].float(),
                                           batch["sam_point_labels"], batch["sam_boxes"].float())
         has = batch["sam_has_gt"] > 0
         k = task.cfg.prompts
-        gt = batch["sam_gt"][has][:, None].expand(-1, k, -1, -1).flatten(0, 1)
-        for name, sl in (("point", slice(0, k)), ("box", slice(k, 2 * k))):
-            s, n = iou_sums(logits[has][:, sl].flatten(0, 1), gt)
-            add(f"t_iou_{name}_sum", s)
-            add(f"t_iou_{name}_count", n)
+        for name, (total, count) in prompt_iou_sums(logits[has], gt_per_prompt(batch, has, k), k).items():
+            add(f"t_iou_{name}_sum", total)
+            add(f"t_iou_{name}_count", count)

@@ -47,3 +47,18 @@ def iou_sums(logits: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, 
     union = (pred | tgt).flatten(1).sum(-1).float()
     iou = torch.where(union > 0, inter / union.clamp(min=1), torch.ones_like(union))
     return iou.sum(), torch.tensor(float(len(iou)))
+
+
+def prompt_iou_sums(logits: torch.Tensor, target: torch.Tensor, k: int) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """{"point" | "box": iou_sums over those prompts}; logits and target (N, 2K, m, m), K point prompts
+    first, then K box prompts (a ground-truth mask per image is expanded to (N, 2K, m, m))."""
+    return {name: iou_sums(logits[:, sl].flatten(0, 1), target[:, sl].flatten(0, 1))
+            for name, sl in (("point", slice(0, k)), ("box", slice(k, 2 * k)))}
+
+
+def zero_shot_counts(embeddings: torch.Tensor, classifier: torch.Tensor,
+                     labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(correct, counted) top-1 over rows with a label >= 0; embeddings (N, E), classifier (E, C)."""
+    known = labels >= 0
+    pred = (F.normalize(embeddings.float(), dim=-1) @ classifier).argmax(-1)
+    return (pred[known] == labels[known]).sum().float(), known.sum().float()

@@ -24,10 +24,9 @@ from corefm.errors import ConfigError
 from corefm.registry import register_task
 from corefm.tasks.base import Task
 from projects.sam_clip.data import Collate, SampleSpec, SampleTransform
-from projects.sam_clip.losses import distill_loss, iou_sums, mask_loss
+from projects.sam_clip.losses import distill_loss, mask_loss, prompt_iou_sums, zero_shot_counts
 from projects.sam_clip.model import SamClipModel
 from projects.sam_clip.teachers import get_clip_teacher, get_sam_teacher
-
 
 
 @dataclass
@@ -48,6 +47,11 @@ class SamClipTaskConfig:
     box_jitter: float = 0.1
     class_names: list[str] = field(default_factory=list)  # zero-shot top-1 in eval (needs clip_teacher)
     templates: str = "simple"
+
+
+def branches(cfg: SamClipTaskConfig) -> tuple[bool, bool]:
+    """(the CLIP branch runs, the SAM branch runs) for a task config."""
+    return cfg.stage != "sam_gt" and cfg.clip_source != "none", cfg.stage != "probe" and cfg.sam_source != "none"
 
 
 def _stored_teachers(spec: str) -> dict:
@@ -105,8 +109,7 @@ class SamClipTask(Task):
                      "resolution": ("clip_head", "mask_decoder")}[stage]
         for name in ("image_encoder", "prompt_encoder", "mask_decoder", "clip_head"):
             getattr(m, name).requires_grad_(name in trainable)
-        self.uses_clip = stage != "sam_gt" and self.cfg.clip_source != "none"
-        self.uses_sam = stage != "probe" and self.cfg.sam_source != "none"
+        self.uses_clip, self.uses_sam = branches(self.cfg)
         # _touch reads every trainable parameter in this module's own forward, outside the forwards
         # of the modules that own them: ZeRO-3 must gather them for it (no effect at stages 0-2).
         from deepspeed.runtime.zero.partition_parameters import register_external_parameter
@@ -151,9 +154,10 @@ class SamClipTask(Task):
         with torch.no_grad():
             return self.model.encode(images)
 
-    def clip_outputs(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
-        """Student (Nc, E) and teacher (Nc, E) CLIP embeddings of the batch's CLIP rows."""
-        student = self.model.clip_embed(self._encode(batch["clip_image"]))
+    def clip_outputs(self, batch: dict, tokens: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Student (Nc, E) and teacher (Nc, E) CLIP embeddings of the batch's CLIP rows; ``tokens``: the
+        backbone's output for them when the caller already has it."""
+        student = self.model.clip_embed(self._encode(batch["clip_image"]) if tokens is None else tokens)
         if "clip_target" in batch:
             return student, batch["clip_target"]
         return student, self.clip_teacher.encode_image(batch["clip_teacher_image"].float()).to(student.dtype)
@@ -198,28 +202,24 @@ class SamClipTask(Task):
         return out
 
     @torch.no_grad()
-    def eval_sums(self, batch: dict) -> dict[str, torch.Tensor]:
+    def eval_sums(self, batch: dict, clip_tokens: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """Additive metric sums of a batch; ``clip_tokens``: the backbone's output for its CLIP rows, if known."""
         sums: dict[str, torch.Tensor] = {}
         if self.uses_clip and len(batch["clip_image"]):
-            s, t = self.clip_outputs(batch)
+            s, t = self.clip_outputs(batch, clip_tokens)
             sums["clip_cos_sum"] = torch.nn.functional.cosine_similarity(s.float(), t.float(), dim=-1).sum()
             sums["clip_count"] = torch.tensor(float(len(s)))
-            known = batch["clip_label"] >= 0
-            if self.classifier is not None and known.any():
-                pred = (torch.nn.functional.normalize(s.float(), dim=-1) @ self.classifier).argmax(-1)
-                sums["zs_correct"] = (pred[known] == batch["clip_label"][known]).sum().float()
-                sums["zs_count"] = known.sum().float()
+            if self.classifier is not None and (batch["clip_label"] >= 0).any():
+                sums["zs_correct"], sums["zs_count"] = zero_shot_counts(s, self.classifier, batch["clip_label"])
         if self.uses_sam and len(batch["sam_image"]):
             logits, target = self.sam_outputs(batch)
-            k = self.cfg.prompts
-            gt = batch["sam_gt"][:, None].expand(-1, k, -1, -1)
             has = batch["sam_has_gt"] > 0
-            for name, sl in (("point", slice(0, k)), ("box", slice(k, 2 * k))):
-                sums[f"iou_target_{name}_sum"], sums[f"iou_target_{name}_count"] = iou_sums(
-                    logits[:, sl].flatten(0, 1), target[:, sl].flatten(0, 1))
-                if has.any():
-                    sums[f"iou_gt_{name}_sum"], sums[f"iou_gt_{name}_count"] = iou_sums(
-                        logits[has][:, sl].flatten(0, 1), gt[has].flatten(0, 1))
+            found = {"target": prompt_iou_sums(logits, target, self.cfg.prompts)}
+            if has.any():
+                found["gt"] = prompt_iou_sums(logits[has], gt_per_prompt(batch, has, self.cfg.prompts), self.cfg.prompts)
+            for against, per_prompt in found.items():
+                for name, (total, count) in per_prompt.items():
+                    sums[f"iou_{against}_{name}_sum"], sums[f"iou_{against}_{name}_count"] = total, count
         return sums
 
     def eval_metrics(self, sums: dict[str, float]) -> dict[str, float]:
@@ -235,15 +235,19 @@ class SamClipTask(Task):
         return out
 
 
+def gt_per_prompt(batch: dict, rows: torch.Tensor, k: int) -> torch.Tensor:
+    """The ground-truth mask of each selected SAM row, once per prompt: (N, 2K, m, m)."""
+    return batch["sam_gt"][rows][:, None].expand(-1, 2 * k, -1, -1)
+
+
 @register_task("sam_clip", SamClipTaskConfig)
 def build_task(cfg: SamClipTaskConfig, model: SamClipModel, recipe) -> SamClipTask:
     if not isinstance(model, SamClipModel):
         raise ConfigError(f"task sam_clip needs model sam_clip, got {type(model).__name__}")
-    task = SamClipTask(cfg, model, (recipe.data.train, recipe.data.val))
-    if recipe.deepspeed.zero_stage == 3 and task.uses_clip and task.uses_sam:
+    if recipe.deepspeed.zero_stage == 3 and all(branches(cfg)):
         # A rank whose batch has no CLIP (or SAM) rows skips that branch, while ZeRO-3 gathers each
         # module's parameters collectively as it runs: the ranks would wait on each other forever.
         raise ConfigError(f"task.stage {cfg.stage} trains the CLIP and SAM branches on mixed batches, which "
                           "deepspeed.zero_stage 3 cannot run (ranks would skip different modules and hang); "
                           "use zero_stage 1 or 2 (stages probe and sam_gt run at 3)")
-    return task
+    return SamClipTask(cfg, model, (recipe.data.train, recipe.data.val))
