@@ -48,11 +48,9 @@ def write_sam_clip_release(run_dir: Path, out_dir: Path, recipe: dict) -> list[P
 
     _, model = load_student(run_dir)
     task = recipe["task"]
-    files: list[Path] = []
-    extra_files = []
     out_dir.mkdir(parents=True, exist_ok=True)
-    extra_files.append(save_sam_checkpoint(model.sam_state_dict(), model.cfg, out_dir / "sam.pth"))
-    extra_files.append(out_dir / "sam_config.json")
+    extra_files = [save_sam_checkpoint(model.sam_state_dict(), model.cfg, out_dir / "sam.pth"),
+                   out_dir / "sam_config.json"]
     teacher = task.get("clip_teacher") or ""
     if teacher and Path(teacher).is_dir():
         shutil.copytree(teacher, out_dir / "clip_teacher", dirs_exist_ok=True)
