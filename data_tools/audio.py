@@ -28,7 +28,9 @@ from tqdm import tqdm
 from corefm.data import DataError, ShardWriter
 
 WORDS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
-ASTERISK_DIGITS = Path("/usr/share/asterisk/sounds/en/digits")
+# The folder asterisk-core-sounds-en-wav itself ships; the `en` link to it comes from the package
+# asterisk-core-sounds-en, which apt installs only as a recommendation (setup.sh skips those).
+ASTERISK_DIGITS = Path("/usr/share/asterisk/sounds/en_US_f_Allison/digits")
 VOICES = ["en", "en-us", "en-gb-scotland", "en-gb-x-gbclan", "en-gb-x-rp", "en-gb-x-gbcwmd", "en-029", "en-us-nyc"]
 VARIANTS = ["", "m1", "m2", "m3", "m4", "m5", "m6", "m7", "f1", "f2", "f3", "f4", "f5", "croak", "klatt",
             "klatt2", "klatt3", "adam", "Alex", "Andy", "Annie", "boris", "david", "ed", "john", "linda",

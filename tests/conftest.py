@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 import torch
@@ -15,9 +17,19 @@ def _seed():
     yield
 
 
+def require_installed(ok: bool, what: str) -> None:
+    """Skip the calling test when something launch/setup.sh installs is missing; under CI=true fail
+    instead, since CI runs setup.sh first and a missing piece there is an install bug."""
+    if ok:
+        return
+    message = f"needs {what} (launch/setup.sh installs it)"
+    if os.environ.get("CI", "").lower() == "true":
+        pytest.fail(message + "; CI=true, so this is an install bug, not a skip")
+    pytest.skip(message)
+
+
 def require_fashion_mnist() -> None:
-    """Skip the calling fixture or test when Debian's Fashion-MNIST package is not installed."""
+    """Skip (fail under CI) when Debian's Fashion-MNIST package is not installed."""
     from data_tools.images import FASHION_ROOT
 
-    if not (FASHION_ROOT / "train-images-idx3-ubyte.gz").is_file():
-        pytest.skip("needs Debian's dataset-fashion-mnist (apt-get install dataset-fashion-mnist)")
+    require_installed((FASHION_ROOT / "train-images-idx3-ubyte.gz").is_file(), "Debian's dataset-fashion-mnist")

@@ -33,8 +33,11 @@ def digits(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def speech(tmp_path_factory) -> Path:
-    if shutil.which("espeak-ng") is None or not Path("/usr/share/asterisk/sounds/en/digits/0.wav").is_file():
-        pytest.skip("needs Debian packages espeak-ng and asterisk-core-sounds-en-wav (launch/setup.sh)")
+    from data_tools.audio import ASTERISK_DIGITS
+    from tests.conftest import require_installed
+
+    require_installed(shutil.which("espeak-ng") is not None and (ASTERISK_DIGITS / "0.wav").is_file(),
+                      "Debian packages espeak-ng and asterisk-core-sounds-en-wav")
     out = tmp_path_factory.mktemp("speech")
     r = run(corefm_cmd("data", "speech-digits", "--out", str(out), "--speakers", "6", "--pitches", "40,60",
                        "--speeds", "170", "--train-shards", "2", "--val-shards", "2"))
