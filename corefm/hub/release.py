@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Callable
 
 from corefm.errors import CheckpointError, CorefmError
+from corefm.train.config import model_architecture
 
 ReleaseWriter = Callable[[Path, Path, dict], list[Path]]
 WRITERS: dict[str, ReleaseWriter] = {}
@@ -80,8 +81,7 @@ def write_generic(run_dir: Path, out_dir: Path, recipe: dict, title: str = "", e
     _, final = read_run(run_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(run_dir / "model.safetensors", out_dir / "model.safetensors")
-    model = dict(recipe["model"])
-    config = {"corefm_model": model.pop("name"), **model}
+    config = {"corefm_model": recipe["model"]["name"], **model_architecture(recipe["model"])}
     (out_dir / "config.json").write_text(json.dumps(config, indent=2))
     (out_dir / "recipe.json").write_text(json.dumps(recipe, indent=2))
     title = title or f"{config['corefm_model']} ({run_dir.name})"

@@ -10,9 +10,8 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
-from corefm.nn.cpu_attention import dense_attention, fits_dense, single_query_attention
-from corefm.nn.cpu_linear import Linear
 from corefm.nn.embeddings import RotaryEmbedding
+from corefm.nn.kernels import Linear, unmasked_attention
 from corefm.nn.kv_cache import KVCache
 from corefm.nn.norms import RMSNorm
 
@@ -71,17 +70,9 @@ def sdpa(
     is_causal (without a mask) is for T == S, query i attending keys j <= i.
     """
     n_rep = q.shape[1] // k.shape[1]
-    if mask is None and q.device.type == "cpu":
-        # torch's CPU flash kernel is slow for one query and for short bf16 sequences (see
-        # corefm.nn.cpu_attention); in fp32 and fp16 the CPU's GEMMs are too slow for dense to win.
-        if not is_causal and q.shape[-2] == 1:
-            return single_query_attention(q, k, v)
-        if q.dtype == torch.bfloat16 and fits_dense(q, k):
-            return dense_attention(q, k, v, causal=is_causal)
     if mask is None:
-        # Without an explicit mask the flash kernel is usable and it supports GQA natively,
-        # so the KV heads need not be materialised n_rep times.
-        return F.scaled_dot_product_attention(q, k, v, is_causal=is_causal, enable_gqa=n_rep > 1)
+        # The kernel (SDPA, or a CPU kernel where it is faster) is chosen per device in corefm.nn.kernels.
+        return unmasked_attention(q, k, v, is_causal)
     if is_causal:
         raise ValueError("pass either an explicit mask or is_causal=True, not both")
     if n_rep > 1:

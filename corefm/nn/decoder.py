@@ -12,7 +12,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from corefm.nn.block import TransformerBlock
-from corefm.nn.cpu_linear import Linear, linear, packed_weights
+from corefm.nn.kernels import Linear, decoding_weights, linear
 from corefm.nn.embeddings import RotaryEmbedding
 from corefm.nn.kv_cache import KVCache
 from corefm.nn.norms import build_norm
@@ -96,9 +96,9 @@ class DecoderLM(nn.Module):
         return KVCache(num_layers=len(self.layers))
 
     def decoding(self) -> AbstractContextManager[None]:
-        """Context for incremental decoding: on a CPU, bf16 and fp32 weights run from oneDNN-packed
-        copies (see corefm.nn.cpu_linear; bf16: 2.3x faster per token, bit-identical logits)."""
-        return packed_weights(self, [] if self.lm_head is not None else [self.token_embeddings.weight])
+        """Context for incremental decoding: the linear kernels chosen in corefm.nn.kernels (``auto`` on a
+        CPU: bf16 and fp32 weights from oneDNN-packed copies, bit-identical logits in bf16)."""
+        return decoding_weights(self, [] if self.lm_head is not None else [self.token_embeddings.weight])
 
     def forward_hidden(
         self,

@@ -129,7 +129,12 @@ class RotaryEmbedding(nn.Module):
             return last[2], last[3]
         if positions.ndim not in (1, 2):
             raise ValueError(f"positions must be (T,) or (B, T), got shape {tuple(positions.shape)}")
-        need = int(positions.max().item()) + 1 if positions.numel() else 0
+        if positions.device.type == "cpu":
+            need = int(positions.max()) + 1 if positions.numel() else 0
+        else:
+            # Reading the largest position would be a host sync in every forward; on an accelerator the
+            # table covers max(max_len, T) positions, and a larger one fails loudly (an index assert).
+            need = positions.shape[-1]
         cos, sin = self.table(need, positions.device)
         cos, sin = cos[positions], sin[positions]
         cos, sin = (cos[None, None], sin[None, None]) if positions.ndim == 1 else (cos[:, None], sin[:, None])

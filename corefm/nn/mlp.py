@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from corefm.nn.cpu_linear import Linear
+from corefm.nn.kernels import Linear
 
 MLP_KINDS = ("swiglu", "gelu", "quick_gelu")
 

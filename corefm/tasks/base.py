@@ -39,6 +39,10 @@ class Task(nn.Module):
         """Turn all-reduced eval sums into metrics; default: report the sums."""
         return dict(sums)
 
+    def place(self, device: torch.device) -> None:
+        """Called once the engine holds the task on ``device``: move there what the task keeps outside
+        its module tree (frozen teachers, class embeddings). Default: nothing to move."""
+
     def param_lr_scales(self) -> dict[str, float]:
         """{parameter name (as in ``named_parameters()``): lr multiplier}; unnamed parameters get 1.0."""
         return {}

@@ -78,7 +78,7 @@ class ClassificationTask(Task):
         if mode == "eval":
             return {
                 "correct": (logits.argmax(-1) == labels).sum().float(),
-                "count": torch.tensor(float(labels.numel())),
+                "count": logits.new_full((), labels.numel()),
                 "loss_sum": F.cross_entropy(logits, labels, reduction="sum"),
             }
         loss = F.cross_entropy(logits, labels, label_smoothing=self.cfg.label_smoothing)

@@ -44,7 +44,8 @@ class _CrossEntropyZ(torch.autograd.Function):
         n_rows = logits.shape[0]
         valid = targets >= 0
         count = valid.sum()
-        denom = max(int(count), 1)
+        # A tensor, not int(count): reading the count would make the host wait for the device here.
+        denom = count.clamp(min=1).to(torch.float32)
         safe_t = targets.clamp(min=0)
         target_logit = logits.gather(1, safe_t[:, None])[:, 0].float()
         need_grad = ctx.needs_input_grad[0]

@@ -42,14 +42,28 @@ def write_text_atomic(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def rng_state() -> dict[str, Any]:
-    return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+def rng_state(device: torch.device | None = None) -> dict[str, Any]:
+    """Python, numpy and torch's CPU generator, plus the generator of ``device`` when it is a GPU."""
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if device is not None and device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
 
 
-def set_rng_state(state: dict[str, Any]) -> None:
+def set_rng_state(state: dict[str, Any], device: torch.device | None = None) -> str:
+    """Restore :func:`rng_state`'s output. Returns a warning (else "") when the checkpoint and this run
+    are on different kinds of device: the GPU generator's stream then cannot continue, so the resumed
+    run is not bit-exact."""
     random.setstate(state["python"])
     np.random.set_state(state["numpy"])
     torch.set_rng_state(state["torch"])
+    on_cuda = device is not None and device.type == "cuda"
+    if on_cuda and "cuda" in state:
+        torch.cuda.set_rng_state(state["cuda"], device)
+    if ("cuda" in state) != on_cuda:
+        return (f"the checkpoint was written on {'a GPU' if 'cuda' in state else 'CPUs'} and this run is on "
+                f"{'a GPU' if on_cuda else 'CPUs'}: its GPU random stream cannot continue, so this resume is not exact")
+    return ""
 
 
 def latest_checkpoint(ckpt_root: Path) -> Path | None:
@@ -70,7 +84,7 @@ def clean_partial(ckpt_root: Path) -> None:
 
 
 def save(engine, ckpt_root: Path, step: int, rank_state: dict[str, Any], meta: dict[str, Any],
-         keep_last: int) -> Path:
+         keep_last: int, device: torch.device | None = None) -> Path:
     """Collective: every rank calls this. Returns the final checkpoint folder."""
     rank = dist.get_rank() if dist.is_initialized() else 0
     name = f"step_{step:08d}"
@@ -80,7 +94,7 @@ def save(engine, ckpt_root: Path, step: int, rank_state: dict[str, Any], meta: d
         tmp.mkdir(parents=True)
     _barrier()
     engine.save_checkpoint(str(tmp), tag=TAG, save_latest=False)
-    torch.save({**rank_state, "rng": rng_state()}, tmp / f"rank_{rank:05d}.pt")
+    torch.save({**rank_state, "rng": rng_state(device)}, tmp / f"rank_{rank:05d}.pt")
     _barrier()
     if rank == 0:
         write_text_atomic(tmp / "meta.json", json.dumps(meta, indent=2))
@@ -95,8 +109,9 @@ def save(engine, ckpt_root: Path, step: int, rank_state: dict[str, Any], meta: d
     return final
 
 
-def load(engine, path: Path, world_size: int) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Collective: restore engine, RNG and this rank's state. Returns ``(meta, rank_state)``."""
+def load(engine, path: Path, world_size: int, device: torch.device | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Collective: restore engine, RNG and this rank's state. Returns ``(meta, rank_state)``; a warning
+    about the RNG (see :func:`set_rng_state`) is in ``rank_state["rng_warning"]``."""
     rank = dist.get_rank() if dist.is_initialized() else 0
     meta = json.loads((path / "meta.json").read_text())
     if meta["world_size"] != world_size:
@@ -112,5 +127,5 @@ def load(engine, path: Path, world_size: int) -> tuple[dict[str, Any], dict[str,
         raise CheckpointError(f"{rank_file} is missing")
     # Our own file (data position, RNG tuples): it holds non-tensor objects, hence weights_only=False.
     state = torch.load(rank_file, weights_only=False)
-    set_rng_state(state.pop("rng"))
+    state["rng_warning"] = set_rng_state(state.pop("rng"), device)
     return meta, state

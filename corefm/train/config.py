@@ -46,9 +46,33 @@ class TrainConfig:
     grad_accum: int = 1
     grad_clip: float = 1.0
     seed: int = 0
+    # A non-finite loss on any rank skips that optimizer step on every rank ("skip"), or ends the
+    # run at the next log step ("stop"); either way the step is named.
     on_nonfinite: Literal["skip", "stop"] = "skip"
-    # Stop even in "skip" mode after this many consecutive non-finite micro-batches.
+    # Stop even in "skip" mode after this many consecutive non-finite steps.
     max_consecutive_nonfinite: int = 10
+    # Deterministic kernels (torch.use_deterministic_algorithms, cuBLAS workspace, no cuDNN
+    # autotuning): on a GPU a killed and resumed run then repeats the uninterrupted one exactly.
+    deterministic: bool = False
+
+
+@dataclass
+class ModelRuntimeConfig:
+    """Keys every ``model`` section takes beside its own: how the model runs, not what it is."""
+
+    # Wrap the model (through DeepSpeed's engine) with torch.compile.
+    compile: bool = False
+    # Kernel choices (corefm.nn.kernels): auto picks per device.
+    attention_backend: Literal["auto", "sdpa", "dense"] = "auto"
+    linear_backend: Literal["auto", "plain", "packed"] = "auto"
+
+
+RUNTIME_KEYS = tuple(f.name for f in dataclasses.fields(ModelRuntimeConfig))
+
+
+def model_architecture(model_section: dict) -> dict:
+    """A recipe dict's model section without ``name`` and the runtime keys: what the weights need."""
+    return {k: v for k, v in model_section.items() if k != "name" and k not in RUNTIME_KEYS}
 
 
 @dataclass
@@ -99,9 +123,10 @@ class Recipe:
     log: LogConfig = field(default_factory=LogConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     run_dir: str = "runs/default"
-    # Set from model.name / task.name when the recipe is parsed.
+    # Set from model.name / task.name and the model section's runtime keys when the recipe is parsed.
     model_name: str = field(default="", init=False)
     task_name: str = field(default="", init=False)
+    model_runtime: ModelRuntimeConfig = field(default_factory=ModelRuntimeConfig, init=False)
 
 
 def _type_name(tp: Any) -> str:
@@ -167,8 +192,11 @@ def _convert(value: Any, tp: Any, key: str) -> Any:
     raise TypeError(f"{key}: unsupported annotation {tp!r}")
 
 
-def from_dict(cls: type, data: Any, prefix: str = "") -> Any:
-    """Build dataclass ``cls`` from a mapping, rejecting unknown keys and wrong types."""
+def from_dict(cls: type, data: Any, prefix: str = "", also_valid: tuple[str, ...] = ()) -> Any:
+    """Build dataclass ``cls`` from a mapping, rejecting unknown keys and wrong types.
+
+    ``also_valid``: keys the caller takes out of the mapping beforehand, listed in the error message.
+    """
     where = prefix or "recipe"
     if data is None:
         data = {}
@@ -180,9 +208,10 @@ def from_dict(cls: type, data: Any, prefix: str = "") -> Any:
     for key, value in data.items():
         full = f"{prefix}.{key}" if prefix else str(key)
         if key not in fields:
-            close = difflib.get_close_matches(str(key), list(fields), n=1)
+            valid = [*fields, *also_valid]
+            close = difflib.get_close_matches(str(key), valid, n=1)
             hint = f" (did you mean {close[0]!r}?)" if close else ""
-            raise ConfigError(f"unknown key {full!r}{hint}; valid keys: {', '.join(fields)}")
+            raise ConfigError(f"unknown key {full!r}{hint}; valid keys: {', '.join(valid)}")
         kwargs[key] = _convert(value, hints[key], full)
     missing = [n for n, f in fields.items() if n not in kwargs and f.default is dataclasses.MISSING
                and f.default_factory is dataclasses.MISSING]
@@ -191,12 +220,12 @@ def from_dict(cls: type, data: Any, prefix: str = "") -> Any:
     return cls(**kwargs)
 
 
-def _named(section: str, table: dict, raw: Any) -> Any:
+def _named(section: str, table: dict, raw: Any, also_valid: tuple[str, ...] = ()) -> Any:
     if not isinstance(raw, dict) or "name" not in raw:
         raise ConfigError(f"{section}: needs a 'name' key naming a registered {section}")
     body = dict(raw)
     entry = lookup(table, section, body.pop("name"))
-    cfg = from_dict(entry.config_cls, body, section)
+    cfg = from_dict(entry.config_cls, body, section, also_valid)
     return entry.name, cfg
 
 
@@ -238,11 +267,17 @@ def parse_recipe(raw: dict) -> Recipe:
     for section in ("model", "task"):
         if section not in raw:
             raise ConfigError(f"recipe: missing required section {section!r}")
-    model_name, model_cfg = _named("model", MODELS, raw.pop("model"))
+    model_raw = raw.pop("model")
+    runtime = {}
+    if isinstance(model_raw, dict):
+        runtime = {k: v for k, v in model_raw.items() if k in RUNTIME_KEYS}
+        model_raw = {k: v for k, v in model_raw.items() if k not in RUNTIME_KEYS}
+    model_name, model_cfg = _named("model", MODELS, model_raw, RUNTIME_KEYS)
     task_name, task_cfg = _named("task", TASKS, raw.pop("task"))
     recipe = from_dict(Recipe, {**raw, "model": None, "task": None})
     recipe.model, recipe.task = model_cfg, task_cfg
     recipe.model_name, recipe.task_name = model_name, task_name
+    recipe.model_runtime = from_dict(ModelRuntimeConfig, runtime, "model")
     return recipe
 
 
@@ -258,7 +293,7 @@ def recipe_to_dict(recipe: Recipe) -> dict:
             continue
         value = getattr(recipe, f.name)
         out[f.name] = dataclasses.asdict(value) if dataclasses.is_dataclass(value) else value
-    out["model"] = {"name": recipe.model_name, **out["model"]}
+    out["model"] = {"name": recipe.model_name, **out["model"], **dataclasses.asdict(recipe.model_runtime)}
     out["task"] = {"name": recipe.task_name, **out["task"]}
     return _plain(out)
 

@@ -7,62 +7,65 @@ from pathlib import Path
 from typing import Any, Callable
 
 import torch
-import torch.distributed as dist
 from safetensors.torch import load_file
 
 from corefm.data import build_eval_loader
 from corefm.errors import CheckpointError, ConfigError
+from corefm.train.comm import Comm
 from corefm.train.config import Recipe, apply_overrides, parse_recipe
+from corefm.train.placement import Placement
 
 
-def to_engine(batch: dict[str, Any], dtype: torch.dtype) -> dict[str, Any]:
-    """Floating tensors follow the compute dtype (bf16 engines take bf16 inputs)."""
-    return {k: v.to(dtype) if torch.is_tensor(v) and v.is_floating_point() else v for k, v in batch.items()}
+CPU = Placement(torch.device("cpu"), "gloo")
 
 
-def all_sum(values: list[float]) -> list[float]:
-    """Sum a few scalars over ranks (identity without a process group)."""
-    t = torch.tensor(values, dtype=torch.float64)
-    if dist.is_initialized():
-        dist.all_reduce(t)
-    return t.tolist()
-
-
-def evaluate(forward: Callable[..., dict], task, recipe: Recipe, dtype: torch.dtype,
-             data: str = "") -> dict[str, float]:
+def evaluate(forward: Callable[..., dict], task, recipe: Recipe, dtype: torch.dtype, data: str = "",
+             placement: Placement = CPU, comm: Comm | None = None) -> dict[str, float]:
     """One pass over ``data`` (default ``data.val``); sums are all-reduced so each sample counts once.
 
-    ``forward`` is the DeepSpeed engine or the task itself: ``forward(batch, mode="eval")``.
+    ``forward`` is the DeepSpeed engine or the task itself: ``forward(batch, mode="eval")``. Batches
+    move to ``placement.device``; the sums stay there (float64) until one all-reduce at the end, so
+    the host waits for the device once per evaluation, not once per batch.
     """
-    rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
-    loader = build_eval_loader(data or recipe.data.val, recipe.data, rank=rank, world_size=world,
+    comm = comm or Comm(placement.comm_device)
+    sums = eval_sums(forward, task, recipe, dtype, data, placement, comm)
+    # A rank without eval shards has no keys: agree on the union first.
+    keys = sorted(set().union(*comm.gather_objects(sorted(sums))))
+    zero = torch.zeros((), dtype=torch.float64, device=placement.device)
+    totals = torch.stack([sums.get(k, zero) for k in keys]) if keys else zero.new_zeros(0)
+    totals = comm.sum_(totals.to(comm.device)).tolist()
+    return task.eval_metrics(dict(zip(keys, totals)))
+
+
+def eval_sums(forward: Callable[..., dict], task, recipe: Recipe, dtype: torch.dtype, data: str,
+              placement: Placement, comm: Comm) -> dict[str, torch.Tensor]:
+    """This rank's additive eval sums, float64 tensors on ``placement.device`` (nothing read back)."""
+    loader = build_eval_loader(data or recipe.data.val, recipe.data, rank=comm.rank, world_size=comm.world,
                                batch_size=recipe.eval.batch_size or recipe.train.micro_batch_size,
-                               map_fn=task.sample_transform(False), collate_fn=task.collate)
-    sums: dict[str, float] = {}
+                               map_fn=task.sample_transform(False), collate_fn=task.collate,
+                               pin_memory=placement.pin_memory)
+    sums: dict[str, torch.Tensor] = {}
     it, spare, n, limit = iter(loader), None, 0, recipe.eval.max_batches
     forward.eval()
     with torch.no_grad():
         while True:
             batch = next(it, None) if not limit or n < limit else None
             # Every rank runs the same number of forwards (ZeRO-3 gathers parameters collectively);
-            # a rank that ran out repeats a batch and throws the result away.
-            if all_sum([float(batch is not None)])[0] == 0:
+            # a rank that ran out repeats a batch and throws the result away. The host knows whether
+            # it has a batch, so the vote goes through the host group.
+            if comm.host_sum([float(batch is not None)])[0] == 0:
                 break
             spare = batch if batch is not None else spare
             if spare is None:  # this rank has no eval shards at all (more ranks than shards)
                 continue
-            out = forward(to_engine(spare, dtype), mode="eval")
+            out = forward(placement.move(spare, dtype), mode="eval")
             if batch is not None:
                 n += 1
                 for k, v in out.items():
-                    sums[k] = sums.get(k, 0.0) + float(v)
+                    v = torch.as_tensor(v).detach().to(placement.device, torch.float64)
+                    sums[k] = sums[k] + v if k in sums else v
     forward.train()
-    keys = sorted(sums)
-    if dist.is_initialized():  # a rank without eval shards has no keys: agree on the union first
-        every: list[list[str]] = [[] for _ in range(dist.get_world_size())]
-        dist.all_gather_object(every, keys)
-        keys = sorted(set().union(*every))
-    return task.eval_metrics(dict(zip(keys, all_sum([sums.get(k, 0.0) for k in keys]))))
+    return sums
 
 
 def load_run(run_dir: Path, overrides: list[str] | None = None) -> tuple[Recipe, torch.nn.Module]:

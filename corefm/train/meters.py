@@ -1,8 +1,9 @@
 """Throughput and MFU: model FLOPs counted once with torch's FlopCounterMode, peak measured here.
 
-Peak FLOP/s is measured at start-up with a square matmul in the training dtype on every rank at
-once (so ranks sharing a machine share its cores, as they do in training) and summed over ranks.
-Nothing is hard-coded: machines differ, and a CPU with AMX runs bf16 several times faster.
+Peak FLOP/s is measured at start-up with a square matmul in the training dtype on each rank's own
+device (its GPU, or the CPU cores it shares with the other ranks of its machine, all measuring at
+once as they train at once) and summed over ranks. Nothing is hard-coded: machines differ, a CPU
+with AMX runs bf16 several times faster, and a GPU's sustained rate is below its datasheet's.
 """
 
 from __future__ import annotations
@@ -12,35 +13,47 @@ import time
 from typing import Callable, Iterator, TypeVar
 
 import torch
-import torch.distributed as dist
 from torch.utils.flop_counter import FlopCounterMode
+
+from corefm.train.comm import Comm
 
 T = TypeVar("T")
 
 
-def measure_matmul_peak(dtype: torch.dtype, n: int = 1024, seconds: float = 0.5) -> float:
-    """Sustained FLOP/s of an ``n x n`` matmul in ``dtype`` on this process's threads."""
-    a = torch.randn(n, n, dtype=dtype)
-    b = torch.randn(n, n, dtype=dtype)
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def measure_matmul_peak(dtype: torch.dtype, n: int | None = None, seconds: float = 0.5,
+                        device: torch.device | str = "cpu") -> float:
+    """Sustained FLOP/s of an ``n x n`` matmul in ``dtype`` on ``device`` (default n: 1024 on a CPU,
+    8192 on an accelerator, large enough to run at the tensor cores' rate)."""
+    device = torch.device(device)
+    n = n or (1024 if device.type == "cpu" else 8192)
+    # A generator of its own: measuring must not move the global RNG (a resumed run measures again).
+    gen = torch.Generator(device=device).manual_seed(0)
+    a, b = (torch.randn(n, n, device=device, generator=gen).to(dtype) for _ in range(2))
     for _ in range(3):
         a @ b
+    _synchronize(device)
     iters, start = 0, time.perf_counter()
     while True:
         a @ b
         iters += 1
+        if device.type != "cpu" and iters % 10:
+            continue  # queue products between syncs: a sync per product would time the launch gap
+        _synchronize(device)
         elapsed = time.perf_counter() - start
         if elapsed >= seconds:
             return 2 * n**3 * iters / elapsed
 
 
-def cluster_peak(dtype: torch.dtype) -> float:
-    """Sum of every rank's measured matmul peak (all ranks measure at the same time)."""
-    if dist.is_initialized():
-        dist.barrier()
-    peak = torch.tensor([measure_matmul_peak(dtype)], dtype=torch.float64)
-    if dist.is_initialized():
-        dist.all_reduce(peak)
-    return float(peak.item())
+def cluster_peak(dtype: torch.dtype, comm: Comm, device: torch.device) -> float:
+    """Sum over ranks of each rank's matmul peak on its own device (all ranks measure at once, so
+    ranks sharing a machine's cores share them as they do in training)."""
+    comm.barrier()
+    return comm.host_sum([measure_matmul_peak(dtype, device=device)])[0]
 
 
 def _cpu_attention_flops(q_shape, k_shape, *args, out_shape=None, **kwargs) -> int:
@@ -87,11 +100,12 @@ class Throughput:
         self.tokens += tokens
         self.flops += flops
 
-    def read(self) -> dict[str, float]:
+    def read(self, tokens: float = 0.0) -> dict[str, float]:
+        """Rates since the last reset; ``tokens`` adds tokens counted elsewhere (on the device)."""
         dt = max(time.perf_counter() - self.start - self.excluded, 1e-9)
         out = {"samples_per_s": self.samples / dt}
-        if self.tokens:
-            out["tokens_per_s"] = self.tokens / dt
+        if self.tokens + tokens:
+            out["tokens_per_s"] = (self.tokens + tokens) / dt
         if self.flops and self.peak_flops:
             out["mfu"] = self.flops / dt / self.peak_flops
         return out

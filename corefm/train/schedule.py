@@ -25,5 +25,5 @@ def lr_factor(step: int, cfg: ScheduleConfig, max_steps: int) -> float:
 
 
 def build_scheduler(optimizer: torch.optim.Optimizer, cfg: ScheduleConfig, max_steps: int):
-    """A LambdaLR (its state is saved in DeepSpeed checkpoints, so resume continues the curve)."""
+    """A LambdaLR, stepped by the trainer once per step (its state is saved in corefm's checkpoints)."""
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, cfg, max_steps))

@@ -1,33 +1,44 @@
-"""The training loop on ``deepspeed.initialize``: task-agnostic, resumable, interruptible.
+"""The training loop on ``deepspeed.initialize``: task-agnostic, resumable, interruptible, device-aware.
 
-One call, :func:`train`, runs on every rank (launched by :mod:`launch.runner`). Per optimizer
-step it draws ``grad_accum`` micro-batches from the resumable shard loader, checks the loss is
-finite on every rank, and lets DeepSpeed do backward, clipping, ZeRO and the AdamW step.
+One :class:`Trainer` runs on every rank (launched by :mod:`launch.runner`). :meth:`Trainer.build`
+places the rank on its device (``LOCAL_RANK``'s GPU, or the CPU), opens the process group, builds
+task, optimizer, schedule and engine, and resumes from the newest checkpoint; :meth:`Trainer.run`
+then repeats :meth:`train_step` (``grad_accum`` micro-batches, moved to the device in one place,
+and one optimizer step) with logging, evaluation and checkpoints at their intervals, and
+:meth:`finish` writes the final evaluation, export and ``final.json``.
+
+The host reads device values only at log, eval and checkpoint steps (see
+:mod:`corefm.train.step_metrics`), so on a GPU the kernel queue never drains between steps.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import signal
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
 import deepspeed
 import torch
-import torch.distributed as dist
 
 from corefm.data import build_loader
 from corefm.errors import TrainingError
+from corefm.nn import kernels
 from corefm.train import checkpoint as ckpt
 from corefm.train.build import build_task
+from corefm.train.comm import Comm
 from corefm.train.config import Recipe, recipe_to_dict
 from corefm.train.ds_config import build_ds_config
-from corefm.train.evaluate import all_sum, evaluate, to_engine
+from corefm.train.evaluate import evaluate
 from corefm.train.meters import Throughput, cluster_peak, count_flops
 from corefm.train.monitor import Monitor
 from corefm.train.optim import build_optimizer
+from corefm.train.placement import Placement, rank_placement
 from corefm.train.schedule import build_scheduler
+from corefm.train.step_metrics import MetricWindow, NonFiniteGuard
 
 
 class _StopFlag:
@@ -42,135 +53,237 @@ class _StopFlag:
         self.signal = signum
 
 
+def make_deterministic() -> None:
+    """Deterministic kernels for ``train.deterministic``. cuBLAS reads its workspace setting when
+    its first handle is made, so this runs before the rank touches its GPU."""
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(True)
+    torch.backends.cudnn.deterministic = True
+    torch.backends.cudnn.benchmark = False
+
+
+def open_process_group(placement: Placement) -> Comm:
+    if placement.device.type == "cpu":
+        # DeepSpeed's CPU shared-memory op only speeds up inference_all_reduce (inference tensor
+        # parallelism), which training never calls; skipping it saves a long compile on every new
+        # machine or venv. DeepSpeed keeps this dict editable for that purpose.
+        deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
+    deepspeed.init_distributed(dist_backend=placement.backend)
+    return Comm.for_placement(placement)
+
+
+class Trainer:
+    def __init__(self, recipe: Recipe, placement: Placement, comm: Comm, task: torch.nn.Module, engine: Any,
+                 optimizer: torch.optim.Optimizer, scheduler: Any, loader: Any, monitor: Monitor,
+                 meter: Throughput, step: int = 0, optimizer_device: torch.device | None = None) -> None:
+        self.recipe, self.placement, self.comm = recipe, placement, comm
+        self.task, self.engine, self.optimizer, self.scheduler = task, engine, optimizer, scheduler
+        self.loader, self.monitor, self.meter = loader, monitor, meter
+        self.cfg = recipe.train
+        self.dtype = torch.bfloat16 if recipe.deepspeed.precision == "bf16" else torch.float32
+        self.run_dir = Path(recipe.run_dir)
+        self.ckpt_root = self.run_dir / "checkpoints"
+        self.config_dict = recipe_to_dict(recipe)
+        self.step = step
+        self.saved_step = step if step else -1
+        self.window = MetricWindow(placement.device)
+        self.guard = NonFiniteGuard(optimizer, placement.device, comm, optimizer_device)
+        self.batches = iter(loader)
+        self.stop: _StopFlag | None = None
+        self.flops_per_micro = 0
+        self.metrics: dict[str, Any] = {}
+        self.last_loss: float | None = None
+
+    # --- set-up and resume -------------------------------------------------------------------
+    @classmethod
+    def build(cls, recipe: Recipe) -> "Trainer":
+        """Collective: device, process group, task, engine, resume, loader, monitor, meters."""
+        cfg = recipe.train
+        if cfg.deterministic:
+            make_deterministic()
+        placement = rank_placement()
+        runtime = recipe.model_runtime
+        choice = kernels.KernelChoice(runtime.attention_backend, runtime.linear_backend)
+        choice.check_device(placement.device)
+        kernels.select(choice.attention, choice.linear)
+        comm = open_process_group(placement)
+        run_dir = Path(recipe.run_dir)
+        ckpt_root = run_dir / "checkpoints"
+        if comm.rank == 0:
+            ckpt_root.mkdir(parents=True, exist_ok=True)
+            ckpt.clean_partial(ckpt_root)
+        comm.barrier()
+        task = build_task(recipe)
+        optimizer = build_optimizer(task, recipe.optim)
+        # The schedule is stepped here, not by DeepSpeed, so it advances once per training step in
+        # every configuration (DeepSpeed skips it on steps its own overflow check drops).
+        scheduler = build_scheduler(optimizer, recipe.schedule, cfg.max_steps)
+        ds_config = build_ds_config(recipe)
+        engine, _, _, _ = deepspeed.initialize(model=task, optimizer=optimizer, config=ds_config)
+        task.place(placement.device)
+        step, data_state, last = 0, None, ckpt.latest_checkpoint(ckpt_root)
+        rng_warning = ""
+        if last is not None and recipe.checkpoint.resume == "auto":
+            meta, state = ckpt.load(engine, last, comm.world, placement.device)
+            step, data_state, rng_warning = meta["step"], state["data"], state["rng_warning"]
+            restore_schedule(scheduler, state.get("scheduler"), step)
+        else:
+            torch.manual_seed(cfg.seed * 1000 + comm.rank)  # per-rank randomness (dropout) after the shared init
+        loader = build_loader(recipe.data.train, recipe.data, rank=comm.rank, world_size=comm.world,
+                              batch_size=cfg.micro_batch_size, map_fn=task.sample_transform(True),
+                              collate_fn=task.collate, state=data_state, pin_memory=placement.pin_memory)
+        config_dict = recipe_to_dict(recipe)
+        monitor = Monitor(recipe.log, run_dir, cfg.max_steps, step, config_dict, enabled=comm.rank == 0)
+        if comm.rank == 0:
+            (run_dir / "recipe.json").write_text(json.dumps(config_dict, indent=2))
+            params = sum(getattr(p, "ds_numel", p.numel()) for p in task.parameters())
+            monitor.print(f"corefm: {recipe.model_name}/{recipe.task_name}, {comm.world} rank(s) on "
+                          f"{placement.device.type} ({placement.backend}), ZeRO-{recipe.deepspeed.zero_stage}, "
+                          f"{recipe.deepspeed.precision}, {params:,} parameters"
+                          + (f", resumed from {last.name}" if step else ""))
+            if rng_warning:
+                monitor.print(f"corefm: warning: {rng_warning}")
+        dtype = torch.bfloat16 if recipe.deepspeed.precision == "bf16" else torch.float32
+        meter = Throughput(cluster_peak(dtype, comm, placement.device))
+        offload = ds_config.get("zero_optimization", {}).get("offload_optimizer", {}).get("device", "none")
+        optimizer_device = torch.device("cpu") if offload in ("cpu", "nvme") else None
+        return cls(recipe, placement, comm, task, engine, optimizer, scheduler, loader, monitor, meter, step,
+                   optimizer_device)
+
+    # --- the loop ----------------------------------------------------------------------------
+    def run(self) -> dict[str, Any]:
+        """Train to ``train.max_steps`` (or until a stop signal); returns the final metrics (rank 0's)."""
+        recipe = self.recipe
+        self.stop = _StopFlag()
+        while self.step < self.cfg.max_steps:
+            self.train_step()
+            self.step += 1
+            self.monitor.advance(1)
+            if self.step % recipe.log.every == 0 or self.step == self.cfg.max_steps:
+                self.log()
+            if recipe.eval.every and self.step % recipe.eval.every == 0 and self.step < self.cfg.max_steps \
+                    and recipe.data.val:
+                with self.meter.paused():
+                    self.monitor.log(self.step, self.evaluate(), kind="eval")
+            if self.comm.host_sum([float(self.stop.signal is not None)])[0] > 0:
+                self.save()
+                self.monitor.print(f"corefm: stopped by signal at step {self.step}; checkpoint saved; "
+                                   "run the same command again to resume")
+                self.monitor.close()
+                return {"step": self.step, "interrupted": True}
+            if recipe.checkpoint.every and self.step % recipe.checkpoint.every == 0 and self.step < self.cfg.max_steps:
+                with self.meter.paused():
+                    self.save()
+        return self.finish()
+
+    def train_step(self) -> None:
+        """``grad_accum`` micro-batches forward and backward, then one optimizer step (skipped on every
+        rank if any rank's loss was not finite) and one schedule step."""
+        for micro in range(self.cfg.grad_accum):
+            batch = self.placement.move(next(self.batches), self.dtype)
+            out = self.forward(batch)
+            self.window.add(out)
+            self.guard.note(out["loss"])
+            self.engine.backward(out["loss"])
+            if micro == self.cfg.grad_accum - 1:
+                self.guard.arm(self.step + 1)
+            self.engine.step()  # DeepSpeed's optimizer step happens at the accumulation boundary
+            self.meter.update(self.cfg.micro_batch_size * self.comm.world, 0, self.flops_per_micro * self.comm.world)
+        self.scheduler.step()
+
+    def forward(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        if self.flops_per_micro:
+            return self.engine(batch)
+        # FLOPs are counted once, on the first micro-batch (backward costs about twice the forward).
+        # A compiled module runs kernels the counter cannot see, so model.compile takes effect after
+        # this first, eager, micro-batch.
+        out, fwd_flops = count_flops(lambda: self.engine(batch))
+        self.flops_per_micro = 3 * fwd_flops
+        if self.recipe.model_runtime.compile:
+            self.engine.compile()
+        return out
+
+    # --- logging, evaluation, checkpoints ----------------------------------------------------
+    def log(self) -> None:
+        """Collective, a host sync: the window's means, speed, health, and the non-finite verdict."""
+        reduced = self.window.reduce(self.comm)
+        self.window.reset()
+        tokens = reduced.pop("tokens")
+        self.last_loss = reduced.pop("last_loss")
+        metrics = dict(reduced)
+        metrics.update(lr=self.scheduler.get_last_lr()[0], **self.meter.read(tokens), last_loss=self.last_loss)
+        health = self.loader.stats()  # this rank's view; a warning names each bad shard as it is hit
+        metrics.update({k: v for k, v in health.items() if k.startswith("skipped") and v})
+        self.metrics = metrics
+        self.monitor.log(self.step, metrics)
+        self.monitor.advance(0, {"loss": metrics["loss"]})
+        self.meter.reset()
+        self.check_nonfinite()
+
+    def check_nonfinite(self) -> None:
+        """Host sync: report the non-finite steps since the last check; stop where the recipe says so."""
+        seen = self.guard.read()
+        if not seen["steps"]:
+            return
+        cfg = self.cfg
+        msg = (f"non-finite loss on {seen['first_ranks']} rank(s) at step {seen['first_step']}"
+               + (f" and {seen['steps'] - 1} more step(s) since" if seen["steps"] > 1 else ""))
+        if cfg.on_nonfinite == "stop" or seen["worst_run"] >= cfg.max_consecutive_nonfinite:
+            raise TrainingError(msg + (f" ({seen['worst_run']} in a row)" if seen["worst_run"] > 1 else "")
+                                + f"; train.on_nonfinite={cfg.on_nonfinite}")
+        self.monitor.print(f"warning: {msg}; those optimizer steps were skipped")
+
+    def evaluate(self) -> dict[str, float]:
+        return evaluate(self.engine, self.task, self.recipe, self.dtype, placement=self.placement, comm=self.comm)
+
+    def save(self) -> None:
+        """Collective: a checkpoint of this step (once per step)."""
+        if self.saved_step == self.step:
+            return
+        self.check_nonfinite()  # a run told to stop on a non-finite loss stops before it saves
+        self.saved_step = self.step
+        meta = {"step": self.step, "world_size": self.comm.world, "recipe": self.config_dict, "time": time.time()}
+        rank_state = {"data": self.loader.state_dict(), "scheduler": self.scheduler.state_dict()}
+        ckpt.save(self.engine, self.ckpt_root, self.step, rank_state, meta, self.recipe.checkpoint.keep_last,
+                  self.placement.device)
+
+    def finish(self) -> dict[str, Any]:
+        """Collective: the last checkpoint, final evaluation, export and ``final.json``."""
+        self.save()
+        final = {"step": self.step, "loss": self.metrics.get("loss"), "last_loss": self.last_loss}
+        final_file = self.run_dir / "final.json"
+        if self.last_loss is None and final_file.is_file():
+            # A finished run started again trains no step and only re-evaluates: keep the training
+            # losses it recorded instead of overwriting them with nothing.
+            previous = json.loads(final_file.read_text())
+            final.update(loss=previous.get("loss"), last_loss=previous.get("last_loss"))
+        if self.recipe.data.val:
+            final["eval"] = self.evaluate()
+            self.monitor.log(self.step, final["eval"], kind="eval")
+        if self.recipe.checkpoint.export_final and self.comm.rank == 0:
+            from corefm.train.export import export_checkpoint
+
+            final["export"] = str(export_checkpoint(ckpt.latest_checkpoint(self.ckpt_root), self.task,
+                                                    self.run_dir / "model.safetensors"))
+        self.comm.barrier()
+        if self.comm.rank == 0:
+            ckpt.write_text_atomic(final_file, json.dumps(final, indent=2))
+        self.monitor.close()
+        return final
+
+
+def restore_schedule(scheduler: Any, state: dict[str, Any] | None, step: int) -> None:
+    """Load the schedule's state; a checkpoint from before corefm stepped the schedule itself (DeepSpeed
+    kept it) holds none, and LambdaLR's position is then just ``step`` steps from the start."""
+    if state is not None:
+        scheduler.load_state_dict(state)
+        return
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "step() before optimizer.step()": replaying, not training
+        for _ in range(step):
+            scheduler.step()
+
+
 def train(recipe: Recipe) -> dict[str, Any]:
     """Run (or resume) the recipe to ``train.max_steps``; returns the final metrics (rank 0's)."""
-    if not torch.cuda.is_available():
-        # DeepSpeed's CPU shared-memory op only speeds up inference_all_reduce (inference
-        # tensor parallelism), which training never calls; skipping it saves a ~40 s compile on
-        # every new machine or venv. DeepSpeed keeps this dict editable for that purpose.
-        deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
-    deepspeed.init_distributed(dist_backend="nccl" if torch.cuda.is_available() else "gloo")
-    rank, world = dist.get_rank(), dist.get_world_size()
-    run_dir = Path(recipe.run_dir)
-    ckpt_root = run_dir / "checkpoints"
-    if rank == 0:
-        ckpt_root.mkdir(parents=True, exist_ok=True)
-        ckpt.clean_partial(ckpt_root)
-    dist.barrier()
-    cfg = recipe.train
-    config_dict = recipe_to_dict(recipe)
-    task = build_task(recipe)
-    optimizer = build_optimizer(task, recipe.optim)
-    scheduler = build_scheduler(optimizer, recipe.schedule, cfg.max_steps)
-    engine, _, _, _ = deepspeed.initialize(model=task, optimizer=optimizer, lr_scheduler=scheduler,
-                                           config=build_ds_config(recipe))
-    dtype = torch.bfloat16 if recipe.deepspeed.precision == "bf16" else torch.float32
-
-    step, data_state, last = 0, None, ckpt.latest_checkpoint(ckpt_root)
-    if last is not None and recipe.checkpoint.resume == "auto":
-        meta, state = ckpt.load(engine, last, world)
-        step, data_state = meta["step"], state["data"]
-    else:
-        torch.manual_seed(cfg.seed * 1000 + rank)  # per-rank randomness (dropout) after the shared init
-    loader = build_loader(recipe.data.train, recipe.data, rank=rank, world_size=world,
-                          batch_size=cfg.micro_batch_size, map_fn=task.sample_transform(True),
-                          collate_fn=task.collate, state=data_state)
-    monitor = Monitor(recipe.log, run_dir, cfg.max_steps, step, config_dict, enabled=rank == 0)
-    if rank == 0:
-        (run_dir / "recipe.json").write_text(json.dumps(config_dict, indent=2))
-        monitor.print(f"corefm: {recipe.model_name}/{recipe.task_name}, {world} rank(s), "
-                      f"ZeRO-{recipe.deepspeed.zero_stage}, {recipe.deepspeed.precision}, "
-                      f"{sum(getattr(p, 'ds_numel', p.numel()) for p in task.parameters()):,} parameters"
-                      + (f", resumed from {last.name}" if step else ""))
-    meter = Throughput(cluster_peak(dtype))
-    stop, flops_per_micro, nonfinite_run, last_loss = _StopFlag(), 0, 0, None
-    metrics: dict[str, Any] = {}
-    window: dict[str, float] = {}
-    it = iter(loader)
-
-    saved_step = step if last is not None else -1
-
-    def save() -> None:
-        nonlocal saved_step
-        if saved_step == step:
-            return
-        saved_step = step
-        meta = {"step": step, "world_size": world, "recipe": config_dict, "time": time.time()}
-        ckpt.save(engine, ckpt_root, step, {"data": loader.state_dict()}, meta, recipe.checkpoint.keep_last)
-
-    while step < cfg.max_steps:
-        done = 0
-        while done < cfg.grad_accum:
-            batch = to_engine(next(it), dtype)
-            if flops_per_micro:
-                out = engine(batch)
-            else:  # count once; backward costs about twice the forward
-                out, fwd_flops = count_flops(lambda: engine(batch))
-                flops_per_micro = 3 * fwd_flops
-            loss = out["loss"]
-            names = [k for k in sorted(out) if k not in ("loss", "num_tokens") and out[k].numel() == 1]
-            value = float(loss.detach())
-            finite = bool(torch.isfinite(torch.tensor(value)))
-            vals = [0.0 if finite else 1.0, value if finite else 0.0, float(out.get("num_tokens", 0))]
-            vals += [float(out[k].detach()) if finite else 0.0 for k in names]
-            red = all_sum(vals)
-            if red[0] > 0:  # some rank saw a non-finite loss: every rank drops this micro-batch
-                nonfinite_run += 1
-                msg = f"non-finite loss on {int(red[0])} rank(s) at step {step}"
-                if cfg.on_nonfinite == "stop" or nonfinite_run >= cfg.max_consecutive_nonfinite:
-                    raise TrainingError(msg + (f" ({nonfinite_run} in a row)" if nonfinite_run > 1 else "")
-                                        + f"; train.on_nonfinite={cfg.on_nonfinite}")
-                monitor.print(f"warning: {msg}; micro-batch skipped")
-                continue
-            nonfinite_run = 0
-            engine.backward(loss)
-            engine.step()
-            done += 1
-            window["loss"] = window.get("loss", 0.0) + red[1] / world
-            for k, v in zip(names, red[3:]):
-                window[k] = window.get(k, 0.0) + v / world
-            window["_n"] = window.get("_n", 0) + 1
-            meter.update(cfg.micro_batch_size * world, red[2], flops_per_micro * world)
-        step += 1
-        last_loss = red[1] / world
-        monitor.advance(1, {"loss": last_loss})
-        if step % recipe.log.every == 0 or step == cfg.max_steps:
-            n = window.pop("_n")
-            metrics = {k: v / n for k, v in window.items()}
-            metrics.update(lr=scheduler.get_last_lr()[0], **meter.read(), last_loss=last_loss)
-            health = loader.stats()  # this rank's view; a warning names each bad shard as it is hit
-            metrics.update({k: v for k, v in health.items() if k.startswith("skipped") and v})
-            monitor.log(step, metrics)
-            window.clear()
-            meter.reset()
-        if recipe.eval.every and step % recipe.eval.every == 0 and step < cfg.max_steps and recipe.data.val:
-            with meter.paused():
-                monitor.log(step, evaluate(engine, task, recipe, dtype), kind="eval")
-        if all_sum([float(stop.signal is not None)])[0] > 0:
-            save()
-            monitor.print(f"corefm: stopped by signal at step {step}; checkpoint saved; "
-                          "run the same command again to resume")
-            monitor.close()
-            return {"step": step, "interrupted": True}
-        if recipe.checkpoint.every and step % recipe.checkpoint.every == 0 and step < cfg.max_steps:
-            with meter.paused():
-                save()
-    save()
-    final = {"step": step, "loss": metrics.get("loss"), "last_loss": last_loss}
-    if last_loss is None and (run_dir / "final.json").is_file():
-        # A finished run started again trains no step and only re-evaluates: keep the training
-        # losses it recorded instead of overwriting them with nothing.
-        previous = json.loads((run_dir / "final.json").read_text())
-        final.update(loss=previous.get("loss"), last_loss=previous.get("last_loss"))
-    if recipe.data.val:
-        final["eval"] = evaluate(engine, task, recipe, dtype)
-        monitor.log(step, final["eval"], kind="eval")
-    if recipe.checkpoint.export_final and rank == 0:
-        from corefm.train.export import export_checkpoint
-
-        final["export"] = str(export_checkpoint(ckpt.latest_checkpoint(ckpt_root), task, run_dir / "model.safetensors"))
-    dist.barrier()
-    if rank == 0:
-        ckpt.write_text_atomic(run_dir / "final.json", json.dumps(final, indent=2))
-    monitor.close()
-    return final
+    return Trainer.build(recipe).run()

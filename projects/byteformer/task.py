@@ -104,7 +104,7 @@ class ByteClassificationTask(Task):
         labels = batch["label"]
         if mode == "eval":
             right = logits.argmax(-1) == labels
-            out = {"correct": right.sum().float(), "count": torch.tensor(float(labels.numel())),
+            out = {"correct": right.sum().float(), "count": right.new_full((), labels.numel(), dtype=torch.float32),
                    "loss_sum": F.cross_entropy(logits, labels, reduction="sum")}
             for i, name in enumerate(MODALITIES):
                 is_m = batch["modality"] == i

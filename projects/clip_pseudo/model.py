@@ -87,9 +87,11 @@ class ClipModel(nn.Module):
 
         Positions after the last EOT of the batch are dropped before the tower runs: attention is
         causal and the EOT token is pooled, so they cannot change the result, and short captions
-        in a 77-token context then cost a fraction of the compute.
+        in a 77-token context then cost a fraction of the compute. On a GPU the cut is made on the
+        host, in the data workers (:meth:`ClipTask.collate`), so no step waits to read it.
         """
-        tokens = tokens[:, : eot_length(tokens)]
+        if tokens.device.type == "cpu":  # elsewhere reading the EOT position would wait for the device;
+            tokens = tokens[:, : eot_length(tokens)]  # training batches arrive cut by ClipTask.collate
         pooled = self.text(tokens)
         return F.normalize(pooled, dim=-1) if normalize else pooled
 

@@ -23,6 +23,7 @@ from corefm.tasks.base import Task
 from projects.clip_pseudo.heads import HeadSpec, check_heads
 from projects.clip_pseudo.labels import caption, find_image, image_tensor, labels_for
 from projects.clip_pseudo.losses import build_contrastive_loss, masked_mean, per_sample_loss
+from projects.clip_pseudo.model import eot_length
 from projects.clip_pseudo.openclip_io import OPENAI_MEAN, OPENAI_STD
 from projects.clip_pseudo.zero_shot import classifier, topk_correct
 
@@ -98,6 +99,13 @@ class ClipTask(Task):
     def sample_transform(self, train: bool) -> Callable[[dict], dict]:
         return SampleTransform(self.cfg, self.model.cfg.image_size, self.model.cfg.context_length, self.sizes, train)
 
+    def collate(self, samples: list[dict]) -> dict:
+        """Stacked samples, the captions cut after the batch's last end-of-text token (see
+        ``ClipModel.encode_text``): done here, on the host, it costs no device sync."""
+        batch = torch.utils.data.default_collate(samples)
+        batch["text"] = batch["text"][:, : eot_length(batch["text"])]
+        return batch
+
     def train(self, mode: bool = True) -> "ClipTask":
         self._zs_weights = None  # the text tower changes between eval passes
         return super().train(mode)
@@ -125,7 +133,7 @@ class ClipTask(Task):
         # A single-rank loss: eval batches differ in size across ranks, so no collective may run here.
         local = SigLipLoss() if self.cfg.loss == "siglip" else ClipLoss()
         n = float(batch["image"].shape[0])
-        sums = {"count": torch.tensor(n), "clip_loss_sum": local(*feats) * n}
+        sums = {"count": feats[0].new_full((), n), "clip_loss_sum": local(*feats) * n}
         labels = batch["label"]
         if self.class_names:
             if self._zs_weights is None:
@@ -170,9 +178,12 @@ def head_sums(spec: HeadSpec, pred: torch.Tensor, target: torch.Tensor, keep: to
         return {f"{name}_tp": (p & t).sum().float(), f"{name}_fp": (p & ~t).sum().float(),
                 f"{name}_fn": (~p & t).sum().float()}
     err = pred - target
-    if spec.ignore_zero:
-        err = err[target != 0]
-    return {f"{name}_abs": err.abs().sum(), f"{name}_sq": err.pow(2).sum(), f"{name}_n": torch.tensor(float(err.numel()))}
+    if spec.ignore_zero:  # masked rather than indexed: indexing by a mask waits for the device to count it
+        keep = target != 0
+        err, n = err * keep, keep.sum().float()
+    else:
+        n = err.new_full((), err.numel(), dtype=torch.float32)
+    return {f"{name}_abs": err.abs().sum(), f"{name}_sq": err.pow(2).sum(), f"{name}_n": n}
 
 
 def head_metrics(spec: HeadSpec, sums: dict[str, float]) -> dict[str, float]:

@@ -118,7 +118,7 @@ class OpenELMLM(TemplateLM):
     def generate_until(self, requests, disable_tqdm: bool = False) -> list[str]:
         """Greedy continuation of each context, cut at the first ``until`` string."""
         outputs = []
-        with self.model.decoding():  # weights packed once for all requests (corefm.nn.cpu_linear)
+        with self.model.decoding():  # weights packed once for all requests (corefm.nn.kernels)
             for req in tqdm(requests, disable=disable_tqdm, desc="generate_until", unit="req"):
                 outputs.append(self._generate_one(*req.args))
         return outputs

@@ -58,7 +58,7 @@ def write_openelm_release(run_dir: Path, out_dir: Path, recipe: dict) -> list[Pa
     from safetensors import safe_open
     from safetensors.torch import load_file
 
-    from corefm.train.config import from_dict
+    from corefm.train.config import from_dict, model_architecture
     from projects.openelm.average import AVERAGE_KEY
     from projects.openelm.card import model_card
     from projects.openelm.config import OpenELMConfig
@@ -66,8 +66,7 @@ def write_openelm_release(run_dir: Path, out_dir: Path, recipe: dict) -> list[Pa
     from projects.openelm.model import OpenELM
 
     _, final = read_run(run_dir)
-    body = {k: v for k, v in recipe["model"].items() if k != "name"}
-    cfg = from_dict(OpenELMConfig, body, "model")
+    cfg = from_dict(OpenELMConfig, model_architecture(recipe["model"]), "model")
     weights = run_dir / "model.safetensors"
     with safe_open(str(weights), "pt") as f:
         averaged = (f.metadata() or {}).get(AVERAGE_KEY, "")

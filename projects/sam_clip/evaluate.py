@@ -165,8 +165,8 @@ def _teacher_sums(task: SamClipTask, batch: dict, add) -> None:
     if task.sam_teacher is not None and len(batch["sam_image"]):
         logits = task.sam_teacher.predict(batch["sam_image"].float(), batch["sam_points"].float(),
                                           batch["sam_point_labels"], batch["sam_boxes"].float())
-        has = batch["sam_has_gt"] > 0
         k = task.cfg.prompts
-        for name, (total, count) in prompt_iou_sums(logits[has], gt_per_prompt(batch, has, k), k).items():
+        for name, (total, count) in prompt_iou_sums(logits, gt_per_prompt(batch, k), k,
+                                                    rows=batch["sam_has_gt"] > 0).items():
             add(f"t_iou_{name}_sum", total)
             add(f"t_iou_{name}_count", count)

@@ -38,21 +38,28 @@ def distill_loss(clip_student: torch.Tensor, clip_teacher: torch.Tensor, mask_lo
     return {"loss": clip + sam_weight * sam, "loss_clip": clip, "loss_sam": sam}
 
 
-def iou_sums(logits: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(sum over masks of IoU(logits > 0, target), number of masks); masks (N, H, W).
+def iou_sums(logits: torch.Tensor, target: torch.Tensor,
+             keep: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(sum over masks of IoU(logits > 0, target), number of masks); masks (N, H, W), ``keep`` (N,)
+    bool counts only those masks (a mask, not an index: indexing would wait for the device).
     Two empty masks count as IoU 1."""
     pred = logits > 0
     tgt = target > 0.5
     inter = (pred & tgt).flatten(1).sum(-1).float()
     union = (pred | tgt).flatten(1).sum(-1).float()
     iou = torch.where(union > 0, inter / union.clamp(min=1), torch.ones_like(union))
-    return iou.sum(), torch.tensor(float(len(iou)))
+    if keep is None:
+        return iou.sum(), iou.new_full((), len(iou), dtype=torch.float32)
+    return (iou * keep).sum(), keep.sum().float()
 
 
-def prompt_iou_sums(logits: torch.Tensor, target: torch.Tensor, k: int) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+def prompt_iou_sums(logits: torch.Tensor, target: torch.Tensor, k: int,
+                    rows: torch.Tensor | None = None) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     """{"point" | "box": iou_sums over those prompts}; logits and target (N, 2K, m, m), K point prompts
-    first, then K box prompts (a ground-truth mask per image is expanded to (N, 2K, m, m))."""
-    return {name: iou_sums(logits[:, sl].flatten(0, 1), target[:, sl].flatten(0, 1))
+    first, then K box prompts (a ground-truth mask per image is expanded to (N, 2K, m, m)); ``rows``
+    (N,) bool counts only those images."""
+    keep = None if rows is None else rows[:, None].expand(-1, k).flatten()
+    return {name: iou_sums(logits[:, sl].flatten(0, 1), target[:, sl].flatten(0, 1), keep)
             for name, sl in (("point", slice(0, k)), ("box", slice(k, 2 * k)))}
 
 
@@ -61,4 +68,4 @@ def zero_shot_counts(embeddings: torch.Tensor, classifier: torch.Tensor,
     """(correct, counted) top-1 over rows with a label >= 0; embeddings (N, E), classifier (E, C)."""
     known = labels >= 0
     pred = (F.normalize(embeddings.float(), dim=-1) @ classifier).argmax(-1)
-    return (pred[known] == labels[known]).sum().float(), known.sum().float()
+    return ((pred == labels) & known).sum().float(), known.sum().float()

@@ -231,13 +231,21 @@ class SamClipModel(nn.Module):
         """One image's embedding (1, D, h, w) and K prompts in input-pixel coordinates: points (K, P, 2)
         with labels (K, P), and/or boxes (K, 4) xyxy -> low-res mask logits (K, M, 4h, 4w), IoU (K, M)."""
         pe = self.prompt_encoder
+        # segment_anything's prompt encoder multiplies fp32 coordinates by its random-Fourier buffer, so
+        # that buffer stays fp32 under a bf16 engine (which casts the whole module); its outputs then
+        # meet the decoder in the decoder's dtype. A no-op in fp32.
+        gaussian = pe.pe_layer.positional_encoding_gaussian_matrix
+        if gaussian.dtype != torch.float32:
+            pe.pe_layer.positional_encoding_gaussian_matrix = gaussian.float()
         sparse, dense = pe(points=(points, point_labels) if points is not None else None, boxes=boxes, masks=None)
         grid = tuple(embedding.shape[-2:])
         image_pe = pe.get_dense_pe() if grid == pe.image_embedding_size else pe.pe_layer(grid).unsqueeze(0)
         if dense.shape[-2:] != embedding.shape[-2:]:
             dense = dense[..., :1, :1].expand(-1, -1, *grid)  # the no-mask embedding is spatially constant
-        return self.mask_decoder(image_embeddings=embedding, image_pe=image_pe, sparse_prompt_embeddings=sparse,
-                                 dense_prompt_embeddings=dense, multimask_output=multimask)
+        dtype = embedding.dtype
+        return self.mask_decoder(image_embeddings=embedding, image_pe=image_pe.to(dtype),
+                                 sparse_prompt_embeddings=sparse.to(dtype), dense_prompt_embeddings=dense.to(dtype),
+                                 multimask_output=multimask)
 
     def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
         """images (B, 3, H, W) -> {"tokens" (B, h, w, C), "sam" (B, D, h, w), "clip" (B, E)}."""

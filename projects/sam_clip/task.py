@@ -181,24 +181,35 @@ class SamClipTask(Task):
             target = torch.zeros_like(logits)
         return logits, target
 
-    def _touch(self, module: torch.nn.Module) -> torch.Tensor:
+    def place(self, device: torch.device) -> None:
+        """The teachers and the zero-shot classifier live outside the module tree (they are not trained
+        or saved), so the engine does not move them: they follow the student here."""
+        if self.clip_teacher is not None:
+            self.clip_teacher.model.to(device)
+        if self.sam_teacher is not None:
+            self.sam_teacher.sam.to(device)
+        if self.classifier is not None:
+            self.classifier = self.classifier.to(device)
+
+    def _touch(self, module: torch.nn.Module, start: torch.Tensor) -> torch.Tensor:
         # a rank whose batch has no rows of a kind still gives that head (zero) gradients, so ZeRO's
         # gradient reduction sees the same parameters on every rank
-        return sum((p.sum() * 0 for p in module.parameters() if p.requires_grad), torch.zeros(()))
+        return sum((p.sum() * 0 for p in module.parameters() if p.requires_grad), start)
 
     def forward(self, batch: dict, mode: str = "train") -> dict[str, torch.Tensor]:
         if mode == "eval":
             return self.eval_sums(batch)
-        zero = torch.zeros(0, 1, 1, 1)
+        zero = batch["sam_image"].new_zeros(0, 1, 1, 1)  # on the batch's device, like everything below
         clip_s, clip_t = self.clip_outputs(batch) if self.uses_clip and len(batch["clip_image"]) else (zero, zero)
         sam_l, sam_t = self.sam_outputs(batch) if self.uses_sam and len(batch["sam_image"]) else (zero, zero)
         if self.cfg.stage == "sam_gt":
-            loss = mask_loss(sam_l.flatten(0, 1), sam_t.flatten(0, 1)) if sam_l.numel() else torch.zeros(())
+            loss = mask_loss(sam_l.flatten(0, 1), sam_t.flatten(0, 1)) if sam_l.numel() \
+                else sam_l.new_zeros((), dtype=torch.float32)
             out = {"loss": loss, "loss_sam": loss.detach()}
         else:
             out = distill_loss(clip_s, clip_t, sam_l.flatten(0, 1), sam_t.flatten(0, 1), self.cfg.sam_weight)
             out = {"loss": out["loss"], "loss_clip": out["loss_clip"].detach(), "loss_sam": out["loss_sam"].detach()}
-        out["loss"] = out["loss"] + self._touch(self.model)
+        out["loss"] = out["loss"] + self._touch(self.model, out["loss"].new_zeros(()))
         return out
 
     @torch.no_grad()
@@ -208,15 +219,14 @@ class SamClipTask(Task):
         if self.uses_clip and len(batch["clip_image"]):
             s, t = self.clip_outputs(batch, clip_tokens)
             sums["clip_cos_sum"] = torch.nn.functional.cosine_similarity(s.float(), t.float(), dim=-1).sum()
-            sums["clip_count"] = torch.tensor(float(len(s)))
-            if self.classifier is not None and (batch["clip_label"] >= 0).any():
+            sums["clip_count"] = s.new_full((), len(s), dtype=torch.float32)
+            if self.classifier is not None:  # rows without a label count nowhere (a zero count is left out)
                 sums["zs_correct"], sums["zs_count"] = zero_shot_counts(s, self.classifier, batch["clip_label"])
         if self.uses_sam and len(batch["sam_image"]):
             logits, target = self.sam_outputs(batch)
-            has = batch["sam_has_gt"] > 0
-            found = {"target": prompt_iou_sums(logits, target, self.cfg.prompts)}
-            if has.any():
-                found["gt"] = prompt_iou_sums(logits[has], gt_per_prompt(batch, has, self.cfg.prompts), self.cfg.prompts)
+            k = self.cfg.prompts
+            found = {"target": prompt_iou_sums(logits, target, k),
+                     "gt": prompt_iou_sums(logits, gt_per_prompt(batch, k), k, rows=batch["sam_has_gt"] > 0)}
             for against, per_prompt in found.items():
                 for name, (total, count) in per_prompt.items():
                     sums[f"iou_{against}_{name}_sum"], sums[f"iou_{against}_{name}_count"] = total, count
@@ -235,9 +245,9 @@ class SamClipTask(Task):
         return out
 
 
-def gt_per_prompt(batch: dict, rows: torch.Tensor, k: int) -> torch.Tensor:
-    """The ground-truth mask of each selected SAM row, once per prompt: (N, 2K, m, m)."""
-    return batch["sam_gt"][rows][:, None].expand(-1, 2 * k, -1, -1)
+def gt_per_prompt(batch: dict, k: int) -> torch.Tensor:
+    """The ground-truth mask of each SAM row, once per prompt: (N, 2K, m, m)."""
+    return batch["sam_gt"][:, None].expand(-1, 2 * k, -1, -1)
 
 
 @register_task("sam_clip", SamClipTaskConfig)

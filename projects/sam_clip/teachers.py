@@ -88,7 +88,7 @@ class ClipTeacher:
         from projects.clip_pseudo.zero_shot import templates as template_set
 
         return build_zero_shot_classifier(self.model, self.tokenizer, list(class_names), template_set(templates),
-                                          num_classes_per_batch=10, device="cpu")
+                                          num_classes_per_batch=10, device=next(self.model.parameters()).device)
 
     def info(self) -> dict:
         return {"source": self.spec, "version": self.version, "embed_dim": self.embed_dim}

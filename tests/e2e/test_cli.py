@@ -130,6 +130,31 @@ def test_nonfinite_loss_stops_with_its_step(digits, tmp_path):
     assert "non-finite loss" in line and "at step" in line
 
 
+def test_nonfinite_steps_are_skipped_until_too_many_in_a_row(digits, tmp_path):
+    # lr 1e30: the first step blows the weights up and every later loss is non-finite; each such step
+    # is skipped on both ranks and reported, and the third in a row ends the run with one line.
+    overrides = small_overrides(digits, tmp_path / "r", **{"optim.lr": 1.0e30, "schedule.warmup_steps": 0,
+                                                           "train.max_consecutive_nonfinite": 3})
+    r = run(train_cmd(overrides, nproc=2))
+    assert r.returncode == 2, r.stderr[-3000:]
+    assert r.stdout.count("those optimizer steps were skipped") == 2
+    line = one_error_line(r.stderr)
+    assert "non-finite loss on 2 rank(s) at step 4 (3 in a row)" in line, line
+
+
+def test_compiled_deterministic_run_at_zero3(digits, tmp_path):
+    run_dir = tmp_path / "r"
+    overrides = small_overrides(digits, run_dir, **{"deepspeed.zero_stage": 3, "model.compile": "true",
+                                                    "train.deterministic": "true", "train.max_steps": 4,
+                                                    "checkpoint.every": 0, "eval.max_batches": 2})
+    r = run(train_cmd(overrides, nproc=1))
+    assert r.returncode == 0, r.stderr[-3000:]
+    steps = losses(run_dir)
+    assert sorted(steps) == [1, 2, 3, 4] and all(v == v for v in steps.values())
+    assert json.loads((run_dir / "recipe.json").read_text())["model"]["compile"] is True
+    assert (run_dir / "model.safetensors").is_file()
+
+
 def test_deepspeeds_own_launcher_runs_the_worker(digits, tmp_path):
     run_dir = tmp_path / "r"
     cmd = train_cmd(small_overrides(digits, run_dir, **{"train.max_steps": 6, "checkpoint.every": 3}))

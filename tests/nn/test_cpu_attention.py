@@ -4,8 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from corefm.nn import attention, cpu_attention
-from corefm.nn.cpu_attention import dense_attention, fits_dense
+from corefm.nn.kernels.cpu_attention import dense_attention
 
 
 def _qkv(hq: int, hk: int, t: int, s: int, dtype: torch.dtype, seed: int = 0):
@@ -41,16 +40,3 @@ def test_dense_attention_matches_sdpa_forward_and_backward(dtype, tol, heads, ca
     torch.testing.assert_close(out.double(), ref, rtol=tol, atol=tol)
     for mine, theirs in zip((q, k, v), leaves):
         torch.testing.assert_close(mine.grad.double(), theirs.grad, rtol=tol, atol=tol)
-
-
-def test_sdpa_routes_short_bf16_cpu_attention_to_the_dense_kernel(monkeypatch):
-    calls = []
-    monkeypatch.setattr(attention, "dense_attention", lambda *a, **kw: calls.append(kw) or dense_attention(*a, **kw))
-    q, k, v = _qkv(8, 2, 16, 16, torch.bfloat16)
-    attention.sdpa(q, k, v, is_causal=True)
-    assert calls == [{"causal": True}]
-    attention.sdpa(*(x.float() for x in (q, k, v)), is_causal=True)  # fp32: torch's kernel is faster
-    monkeypatch.setattr(cpu_attention, "DENSE_MAX_SCORES", 2 * 8 * 16 * 16 - 1)
-    assert not fits_dense(q, k)
-    attention.sdpa(q, k, v, is_causal=True)  # too many scores: the fused kernel bounds memory
-    assert len(calls) == 1

@@ -4,8 +4,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from corefm.nn import cpu_linear
-from corefm.nn.cpu_linear import Linear, can_pack, linear, packed_weights
+from corefm.nn.kernels import cpu_linear
+from corefm.nn.kernels.cpu_linear import Linear, can_pack, linear, packed_weights
 from projects.openelm.config import OpenELMConfig
 from projects.openelm.model import OpenELM
 
@@ -18,7 +18,7 @@ pytestmark = pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason
 def test_packed_linear_matches_f_linear(shape, bias, dtype):
     layer = Linear(32, 48, bias=bias).to(dtype)
     x = torch.randn(*shape).to(dtype)
-    with torch.no_grad(), packed_weights(layer):
+    with torch.no_grad(), packed_weights([layer.weight]):
         assert id(layer.weight) in cpu_linear._ACTIVE
         out = layer(x)
     assert not cpu_linear._ACTIVE  # freed on exit
@@ -36,7 +36,7 @@ def test_packing_is_skipped_where_it_would_change_results_or_gradients(monkeypat
     calls = []
     original = torch.ops.mkldnn._linear_pointwise
     monkeypatch.setattr(torch.ops.mkldnn, "_linear_pointwise", lambda *a: calls.append(1) or original(*a))
-    with packed_weights(layer):
+    with packed_weights([layer.weight]):
         # A grad-enabled forward (training while the block is open) takes F.linear and gets gradients.
         layer(x).float().sum().backward()
         assert layer.weight.grad is not None and calls == []

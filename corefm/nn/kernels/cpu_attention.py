@@ -5,9 +5,10 @@ decode with on a CPU it reaches a tenth of the matmul peak (bf16, batch 4, 8 hea
 backward per layer: 25 ms against 11 ms here at 256 tokens, 82 against 52 ms at 512). These kernels
 instead run the (T, S) score matrix as batched matmuls, which the CPU's GEMM runs near its peak, and
 keep the softmax in fp32.
-``sdpa`` in :mod:`corefm.nn.attention` picks the dense kernel only on CPU, in bf16 (fp32 GEMMs are
+:mod:`corefm.nn.kernels` picks the dense kernel under ``auto`` only on CPU, in bf16 (fp32 GEMMs are
 too slow for it to win), and only while the score matrix is small (``fits_dense``), so long-context
-training keeps the memory-bounded fused kernel.
+training keeps the memory-bounded fused kernel. The kernels are plain torch ops, so a forced
+``dense`` choice runs on any device.
 
 Grouped-query attention needs no repeated keys: the r = Hq / Hk query heads that share a KV head
 are stacked as the rows of one (r * T, hd) x (hd, S) product (query head h reads KV head h // r).
@@ -24,9 +25,9 @@ DENSE_MAX_SCORES = 1 << 24
 
 
 def fits_dense(q: torch.Tensor, k: torch.Tensor) -> bool:
-    """True when the dense kernels should serve q: (B, Hq, T, hd), k: (B, Hk, S, hd)."""
+    """True when the score matrix of q: (B, Hq, T, hd), k: (B, Hk, S, hd) is small enough to compute densely."""
     b, hq, t, _ = q.shape
-    return q.device.type == "cpu" and b * hq * t * k.shape[-2] <= DENSE_MAX_SCORES
+    return b * hq * t * k.shape[-2] <= DENSE_MAX_SCORES
 
 
 def single_query_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
@@ -52,12 +53,12 @@ def _parts(t: int, s: int, causal: bool) -> list[tuple[int, int, int]]:
     return [(0, h, s - t + h), (h, t, s)]
 
 
-def _causal_bias(rows: tuple[int, int], keys: int, offset: int, r: int, dtype: torch.dtype) -> torch.Tensor:
+def _causal_bias(rows: tuple[int, int], keys: int, offset: int, r: int, like: torch.Tensor) -> torch.Tensor:
     """(r * rows, keys): 0 where query i (at absolute position offset + i) may see key j, else -inf;
     tiled r times for the r query heads stacked per KV head."""
     t0, t1 = rows
-    keep = torch.ones(t1 - t0, keys, dtype=torch.bool).tril(diagonal=offset + t0)
-    return torch.zeros(t1 - t0, keys, dtype=dtype).masked_fill_(~keep, float("-inf")).repeat(r, 1)
+    keep = torch.ones(t1 - t0, keys, dtype=torch.bool, device=like.device).tril(diagonal=offset + t0)
+    return like.new_zeros(t1 - t0, keys).masked_fill_(~keep, float("-inf")).repeat(r, 1)
 
 
 class _DenseAttention(torch.autograd.Function):
@@ -80,7 +81,7 @@ class _DenseAttention(torch.autograd.Function):
         for t0, t1, n in parts:
             qp = q[:, :, t0:t1].reshape(b * hk, r * (t1 - t0), hd)
             kp, vp = (x[:, :, :n].reshape(b * hk, n, hd) for x in (k, v))
-            bias = _causal_bias((t0, t1), n, s - t, r, q.dtype) if causal else q.new_zeros(())
+            bias = _causal_bias((t0, t1), n, s - t, r, q) if causal else q.new_zeros(())
             scores = torch.baddbmm(bias, qp, kp.transpose(1, 2), beta=1.0 if causal else 0.0, alpha=scale)
             probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype)
             out = torch.bmm(probs, vp)  # (B * Hk, r * rows, hd)
@@ -96,9 +97,9 @@ class _DenseAttention(torch.autograd.Function):
         saved, s = ctx.saved_tensors, ctx.kv_len
         hk = saved[1].shape[0] // b
         r, scale = hq // hk, hd**-0.5
-        grad_q = torch.empty(b, hk, r, t, hd, dtype=grad_out.dtype)
-        grad_k = torch.zeros(b * hk, s, hd, dtype=torch.float32)  # blocks add up in fp32
-        grad_v = torch.zeros(b * hk, s, hd, dtype=torch.float32)
+        grad_q = grad_out.new_empty(b, hk, r, t, hd)
+        grad_k = grad_out.new_zeros(b * hk, s, hd, dtype=torch.float32)  # blocks add up in fp32
+        grad_v = grad_out.new_zeros(b * hk, s, hd, dtype=torch.float32)
         for i, (t0, t1, n) in enumerate(ctx.parts):
             qp, kp, vp, probs, out = saved[5 * i:5 * i + 5]
             go = grad_out[:, :, t0:t1].reshape(out.shape)

@@ -8,12 +8,15 @@ layout (the packing torch.compile's CPU backend does when it freezes a model) re
 fp32 it is 1.3-1.5x faster, and the packed GEMM sums in another order (results differ at fp32
 rounding, ~1e-6 relative, as they do between batch sizes of plain ``F.linear``).
 
-Inside ``packed_weights(model)``, under ``torch.no_grad``, every :class:`Linear` of the model (and
-any extra weight given, such as a tied embedding used as the LM head) runs from a packed copy made
-on entry and freed on exit (~15 ms for 80 MB of weights). Copies are not cached across blocks: a
+Inside ``packed_weights(weights)``, under ``torch.no_grad``, every given weight (a model's
+:class:`Linear` weights, and any extra one such as a tied embedding used as the LM head) runs from
+a packed copy made on entry and freed on exit (~15 ms for 80 MB of weights). Copies are not cached across blocks: a
 fused AdamW step changes weights without bumping their version counter, so no cheap key could tell
 a stale copy. The weights must not change inside the block; nested blocks reuse the outer copies,
 so a loop of ``generate`` calls inside one ``model.decoding()`` block packs once.
+
+Whether a model's weights are packed at all is decided in :mod:`corefm.nn.kernels` (``auto``: on a
+CPU only); the private ``torch.ops.mkldnn`` calls below are never reached for a non-CPU weight.
 """
 
 from __future__ import annotations
@@ -52,9 +55,8 @@ class Linear(nn.Linear):
 
 
 @contextmanager
-def packed_weights(model: nn.Module, extra: Iterable[torch.Tensor] = ()) -> Iterator[None]:
-    """Run ``model``'s corefm Linears (and ``extra`` weights passed to :func:`linear`) from packed copies."""
-    weights = [m.weight for m in model.modules() if isinstance(m, Linear)] + list(extra)
+def packed_weights(weights: Iterable[torch.Tensor]) -> Iterator[None]:
+    """Run :func:`linear` calls on these weights (2-D CPU bf16/fp32; others are skipped) from packed copies."""
     added = [w for w in weights if can_pack(w) and id(w) not in _ACTIVE]
     with torch.no_grad():
         for w in added:
@@ -65,4 +67,3 @@ def packed_weights(model: nn.Module, extra: Iterable[torch.Tensor] = ()) -> Iter
     finally:
         for w in added:
             _ACTIVE.pop(id(w), None)
-
