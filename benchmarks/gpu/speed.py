@@ -1,0 +1,363 @@
+"""The GPU check's speed half: corefm against its peers, side by side in one run, on one GPU.
+
+    python benchmarks/gpu/speed.py [--device cuda] [--quick] [--json benchmarks/results/gpu_speed.json]
+
+Measured (bf16; each number a median over rounds in which the rivals take turns):
+* OpenELM-270M (the real layer-wise-scaled model, seq 2048) training tokens/s and MFU against
+  the bf16 matmul peak measured here, beside corefm's OpenELM and transformers' LlamaForCausalLM
+  (sdpa) of one uniform shape (16 layers, d 1280, GQA 20/5 heads of 64, FFN 3840: equal FLOPs per
+  token), each eager and under torch.compile. Full steps: forward, loss, backward, fused AdamW.
+* KV-cached greedy decoding, new tokens/s at batch 1 and 32 (128-token prompt, 128 new tokens):
+  corefm's ``generate`` against transformers' ``generate`` on the same uniform shape.
+* CLIP ViT-B/16 training samples/s against open_clip's own model (same weights, open_clip's
+  ClipLoss, AdamW, bf16 autocast) at batch 256, with captions at their real lengths (corefm cuts
+  the batch after its last end-of-text token, as its data workers do) and at the full 77 tokens.
+* corefm's data loader (image-text JPEG shards -> the CLIP task's transform, N workers) in
+  samples/s, against the samples/s the CLIP step consumes.
+
+``--device cpu --quick`` runs the same code on small shapes (a smoke run: numbers mean nothing).
+Prints markdown tables; writes JSON. Nothing is asserted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from typing import Any, Callable
+
+import torch
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.dirname(os.path.dirname(HERE)))  # the repository (corefm, projects)
+sys.path.insert(0, os.path.dirname(HERE))  # benchmarks/ (the CPU benchmarks' model builders)
+
+from clip_speed import make_batch, make_models  # noqa: E402
+from openelm_speed import llama_like, model_flops_per_token, openelm_config  # noqa: E402
+
+from corefm.tasks.causal_lm import CausalLMConfig, CausalLMTask  # noqa: E402
+from corefm.train.meters import measure_matmul_peak  # noqa: E402
+from projects.openelm.model import OpenELM  # noqa: E402
+
+RESULTS = os.path.join(os.path.dirname(HERE), "results", "gpu_speed.json")
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def timed(fn: Callable[[], int], device: torch.device, iters: int, warmup: int = 2) -> float:
+    """Units per second of ``fn`` (which returns the units it did) over ``iters`` calls after ``warmup``."""
+    for _ in range(warmup):
+        fn()
+    sync(device)
+    start, done = time.perf_counter(), 0
+    for _ in range(iters):
+        done += fn()
+    sync(device)
+    return done / (time.perf_counter() - start)
+
+
+def rounds(fns: dict[str, Callable[[], float]], n: int) -> dict[str, list[float]]:
+    """Each function once per round, in turn; all rates per name."""
+    out: dict[str, list[float]] = {k: [] for k in fns}
+    for _ in range(n):
+        for name, fn in fns.items():
+            out[name].append(fn())
+            print(f"  {name}: {out[name][-1]:,.1f}", file=sys.stderr, flush=True)
+    return out
+
+
+# --- OpenELM ----------------------------------------------------------------------------------
+def lm_train_step(model: torch.nn.Module, is_llama: bool, batch: int, seq: int, vocab: int,
+                  device: torch.device, compiled: bool) -> Callable[[], int]:
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-5, fused=True)
+    tokens = torch.randint(0, vocab, (batch, seq + 1), device=device)
+    if is_llama:
+        fwd = torch.compile(model) if compiled else model
+
+        def loss() -> torch.Tensor:
+            return fwd(input_ids=tokens[:, :-1], labels=tokens[:, :-1]).loss
+    else:
+        task = CausalLMTask(CausalLMConfig(z_loss=1e-4), model)
+        fwd = torch.compile(task) if compiled else task
+
+        def loss() -> torch.Tensor:
+            return fwd({"tokens": tokens})["loss"]
+
+    def step() -> int:
+        loss().backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        return batch * seq
+    return step
+
+
+def lm_decode(model: torch.nn.Module, is_llama: bool, batch: int, prompt: int, new: int, vocab: int,
+              device: torch.device) -> Callable[[], int]:
+    ids = torch.randint(3, vocab, (batch, prompt), device=device)
+
+    @torch.no_grad()
+    def run() -> int:
+        if is_llama:
+            out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=new,
+                                 min_new_tokens=new, do_sample=False, use_cache=True, pad_token_id=0)
+        else:
+            out = model.generate(ids, new)
+        assert out.shape[1] == prompt + new
+        return batch * new
+    return run
+
+
+def openelm_section(args, device: torch.device, peak: float) -> dict[str, Any]:
+    layers, width, seq, batch = (16, 1280, 2048, args.lm_batch) if not args.quick else (2, 128, 64, 2)
+    real = openelm_config(layers, width, scaled=True)
+    if not args.quick:  # the released OpenELM-270M: layer-wise scaling, FFN widths divisible by 256
+        real.ffn_dim_divisor = 256
+    uniform = openelm_config(layers, width, scaled=False)
+    torch.manual_seed(0)
+    dtype = torch.bfloat16
+    models = {"corefm OpenELM-270M (layer-wise scaled)": (OpenELM(real), real, False),
+              "corefm OpenELM (uniform)": (OpenELM(uniform), uniform, False),
+              "transformers Llama (uniform, sdpa)": (llama_like(uniform), uniform, True)}
+    rows: dict[str, dict[str, Any]] = {}
+    train_fns: dict[str, Callable[[], float]] = {}
+    for name, (model, cfg, is_llama) in models.items():
+        model.to(device, dtype).train()
+        per_token = model_flops_per_token(cfg, seq)
+        rows[name] = {"model": name, "params": sum(p.numel() for p in model.parameters()),
+                      "train_flops_per_token": per_token}
+        for compiled in ([False, True] if args.compile else [False]):
+            key = f"{name}{' + compile' if compiled else ''}"
+            step = lm_train_step(model, is_llama, batch, seq, cfg.vocab_size, device, compiled)
+            train_fns[key] = lambda step=step: timed(step, device, args.iters, warmup=3 if compiled else 2)
+    train = rounds(train_fns, args.rounds)
+    for key, rates in train.items():
+        name = key.removesuffix(" + compile")
+        suffix = "_compiled" if key.endswith("compile") else ""
+        rate = statistics.median(rates)
+        rows[name][f"train_tokens_per_s{suffix}"] = rate
+        rows[name][f"mfu{suffix}"] = rate * rows[name]["train_flops_per_token"] / peak
+    llama = "transformers Llama (uniform, sdpa)"
+    for suffix in ("", "_compiled"):
+        for name, row in rows.items():
+            if f"train_tokens_per_s{suffix}" in row:
+                # equal FLOPs: model FLOP/s against Llama's (the uniform shapes have the same per-token FLOPs)
+                row[f"train_flops_vs_llama{suffix}"] = (row[f"train_tokens_per_s{suffix}"] * row["train_flops_per_token"]
+                                                        / (rows[llama][f"train_tokens_per_s{suffix}"]
+                                                           * rows[llama]["train_flops_per_token"]))
+    decode_fns: dict[str, Callable[[], float]] = {}
+    prompt, new = (128, 128) if not args.quick else (8, 8)
+    for name in ("corefm OpenELM (uniform)", llama):
+        model, cfg, is_llama = models[name]
+        model.eval()
+        for b in (1, 32):
+            fn = lm_decode(model, is_llama, b, prompt, new, cfg.vocab_size, device)
+            decode_fns[f"{name} decode b{b}"] = lambda fn=fn: timed(fn, device, 1 if args.quick else 3, warmup=1)
+    decode = rounds(decode_fns, args.rounds)
+    for key, rates in decode.items():
+        name, _, what = key.rpartition(" decode ")
+        rows[name][f"decode_{what}_tokens_per_s"] = statistics.median(rates)
+    for b in ("b1", "b32"):
+        ours, theirs = rows["corefm OpenELM (uniform)"], rows[llama]
+        ours[f"decode_{b}_vs_llama"] = ours[f"decode_{b}_tokens_per_s"] / theirs[f"decode_{b}_tokens_per_s"]
+    for model, _, _ in models.values():
+        model.to("cpu")
+    return {"settings": {"layers": layers, "width": width, "seq": seq, "batch": batch, "prompt": prompt,
+                         "new_tokens": new}, "rows": list(rows.values()), "train_rounds": train, "decode_rounds": decode}
+
+
+# --- CLIP --------------------------------------------------------------------------------------
+def clip_step(model: torch.nn.Module, kind: str, images: torch.Tensor, tokens: torch.Tensor,
+              device: torch.device) -> Callable[[], int]:
+    from open_clip.loss import ClipLoss
+
+    loss_fn, opt = ClipLoss(), torch.optim.AdamW(model.parameters(), lr=1e-5, fused=True)
+
+    def step() -> int:
+        with torch.autocast(device.type, dtype=torch.bfloat16):
+            if kind == "open_clip":
+                img, txt, scale = model(images, tokens)
+                loss = loss_fn(img, txt, scale.exp())
+            else:
+                out = model(images, tokens)
+                loss = loss_fn(out.image_features, out.text_features, out.logit_scale)
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        return images.shape[0]
+    return step
+
+
+def clip_section(args, device: torch.device) -> dict[str, Any]:
+    from projects.clip_pseudo.model import eot_length
+
+    name, batch = ("ViT-B-16", args.clip_batch) if not args.quick else ("tiny", 8)
+    ours, theirs, size = make_models(name)
+    ours.to(device).train()
+    theirs.to(device).train()
+    context = 77 if not args.quick else ours.cfg.context_length
+    images, tokens = make_batch(batch, size, context)
+    images, tokens = images.to(device), tokens.to(device)
+    cut = tokens[:, : eot_length(tokens.cpu())]  # what ClipTask.collate hands a GPU run
+    fns = {"corefm, real caption lengths": clip_step(ours, "corefm", images, cut, device),
+           "corefm, full 77-token context": clip_step(ours, "corefm", images, tokens, device),
+           "open_clip (always the full context)": clip_step(theirs, "open_clip", images, tokens, device)}
+    runs = rounds({k: (lambda f=f: timed(f, device, args.iters)) for k, f in fns.items()}, args.rounds)
+    rates = {k: statistics.median(v) for k, v in runs.items()}
+    ref = rates["open_clip (always the full context)"]
+    ours.to("cpu")
+    theirs.to("cpu")
+    return {"model": name, "batch": batch, "caption_tokens": int(cut.shape[1]), "context": context,
+            "samples_per_s": rates, "vs_open_clip": {k: v / ref for k, v in rates.items()}, "rounds": runs}
+
+
+def make_image_text_shards(out: str, shards: int, per_shard: int, size: int) -> list[str]:
+    """JPEG crops (``size`` px) of scikit-learn's two sample photos with captions, as image-text shards."""
+    import numpy as np
+    from PIL import Image
+    from sklearn.datasets import load_sample_images
+
+    from corefm.data import ShardWriter
+
+    photos, rng = load_sample_images(), np.random.default_rng(0)
+    words = ["a photo of a temple", "a flower in a garden", "a close-up of petals", "an old building"]
+    producer = {"name": "benchmarks.gpu.speed", "version": "1", "args": {"size": size}}
+    with ShardWriter(out, max_samples_per_shard=per_shard, producer=producer) as writer:
+        for i in range(shards * per_shard):
+            photo = photos.images[int(rng.integers(2))]
+            side = int(rng.integers(size, min(photo.shape[:2]) + 1))
+            y, x = int(rng.integers(photo.shape[0] - side + 1)), int(rng.integers(photo.shape[1] - side + 1))
+            buf = io.BytesIO()
+            Image.fromarray(photo[y:y + side, x:x + side]).resize((size, size)).save(buf, format="JPEG", quality=90)
+            writer.write({"__key__": f"{i:08d}", "jpg": buf.getvalue(), "txt": words[i % len(words)]})
+    return sorted(os.path.join(out, f) for f in os.listdir(out) if f.endswith(".tar"))
+
+
+def loader_section(args, device: torch.device, consumed: float) -> dict[str, Any]:
+    from corefm.data import DataConfig, build_loader
+    from corefm.train.build import build_task
+    from corefm.train.config import parse_recipe
+
+    from dataclasses import asdict
+
+    from projects.clip_pseudo.config import named_config
+
+    image, batch = (224, args.clip_batch) if not args.quick else (28, 8)
+    cfg = named_config("ViT-B-16" if not args.quick else "tiny")
+    task = build_task(parse_recipe({"model": {"name": "clip", **asdict(cfg)}, "task": {"name": "clip"}}))
+    rates = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        per_shard = 256 if not args.quick else 16
+        urls = make_image_text_shards(tmp, max(args.workers) * 2, per_shard, 256 if not args.quick else 32)
+        for workers in args.workers:
+            cfg = DataConfig(num_workers=workers, shuffle_buffer=1000 if not args.quick else 0, seed=0)
+            loader = build_loader(urls, cfg, rank=0, world_size=1, batch_size=batch,
+                                  map_fn=task.sample_transform(True), collate_fn=task.collate,
+                                  pin_memory=device.type == "cuda")
+            for _ in range(workers + 2):  # workers started, shuffle buffers filled
+                next(loader)
+            n = 4 if args.quick else 24
+            start = time.perf_counter()
+            for _ in range(n):
+                next(loader)["image"].to(device, non_blocking=True)
+            sync(device)
+            rates[f"{workers} workers"] = n * batch / (time.perf_counter() - start)
+            loader.close()
+    return {"image_size": image, "batch": batch, "samples_per_s": rates, "clip_step_consumes": consumed,
+            "headroom": {k: v / consumed for k, v in rates.items()}}
+
+
+# --- report ------------------------------------------------------------------------------------
+def tables(res: dict[str, Any]) -> str:
+    lm, clip, load = res["openelm"], res["clip"], res["loader"]
+    s = lm["settings"]
+    lines = [f"Device: {res['device']}; torch {res['torch']} (CUDA {res['cuda']}); bf16 matmul peak measured "
+             f"here {res['peak_bf16_flops'] / 1e12:.1f} TFLOP/s; {res['date']}.", "",
+             f"OpenELM training, seq {s['seq']}, batch {s['batch']}, bf16, fused AdamW (median of {res['rounds']} rounds):",
+             "", "| model | params | tokens/s | MFU | vs Llama (FLOP/s) | + compile tokens/s | MFU | vs Llama |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in lm["rows"]:
+        cells = [r["model"], f"{r['params'] / 1e6:.1f}M", f"{r['train_tokens_per_s']:,.0f}", f"{100 * r['mfu']:.1f}%",
+                 f"{r['train_flops_vs_llama']:.2f}x"]
+        if "train_tokens_per_s_compiled" in r:
+            cells += [f"{r['train_tokens_per_s_compiled']:,.0f}", f"{100 * r['mfu_compiled']:.1f}%",
+                      f"{r['train_flops_vs_llama_compiled']:.2f}x"]
+        else:
+            cells += ["-", "-", "-"]
+        lines.append("| " + " | ".join(cells) + " |")
+    lines += ["", f"KV-cached greedy decoding, {s['prompt']}-token prompt, {s['new_tokens']} new tokens, bf16:", "",
+              "| model | batch 1 tok/s | vs generate | batch 32 tok/s | vs generate |", "|---|---:|---:|---:|---:|"]
+    for r in lm["rows"]:
+        if "decode_b1_tokens_per_s" in r:
+            rel = [f"{r['decode_b1_vs_llama']:.2f}x", f"{r['decode_b32_vs_llama']:.2f}x"] if "decode_b1_vs_llama" in r \
+                else ["1.00x", "1.00x"]
+            lines.append(f"| {r['model']} | {r['decode_b1_tokens_per_s']:,.0f} | {rel[0]} | "
+                         f"{r['decode_b32_tokens_per_s']:,.0f} | {rel[1]} |")
+    lines += ["", f"CLIP {clip['model']} training step, batch {clip['batch']}, bf16 autocast, open_clip's ClipLoss "
+              f"(real captions: {clip['caption_tokens']} of {clip['context']} tokens):", "",
+              "| model | samples/s | vs open_clip |", "|---|---:|---:|"]
+    for k, v in clip["samples_per_s"].items():
+        lines.append(f"| {k} | {v:,.0f} | {clip['vs_open_clip'][k]:.2f}x |")
+    lines += ["", f"corefm's loader, {load['image_size']} px JPEG image-text shards through the CLIP task's transform, "
+              f"batch {load['batch']}, against the {load['clip_step_consumes']:,.0f} samples/s the CLIP step consumes:",
+              "", "| loader | samples/s | x what the GPU consumes |", "|---|---:|---:|"]
+    for k, v in load["samples_per_s"].items():
+        lines.append(f"| {k} | {v:,.0f} | {load['headroom'][k]:.2f}x |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--quick", action="store_true", help="small shapes, one round: a smoke run")
+    p.add_argument("--lm-batch", type=int, default=16)
+    p.add_argument("--clip-batch", type=int, default=256)
+    p.add_argument("--iters", type=int, default=10, help="timed steps per measurement")
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--workers", default="8,14", help="loader worker counts to try")
+    p.add_argument("--no-compile", dest="compile", action="store_false", help="skip the torch.compile rows")
+    p.add_argument("--train-json", default="", help="train_check.py's JSON, merged into the output")
+    p.add_argument("--json", default=RESULTS)
+    args = p.parse_args(argv)
+    args.workers = [int(w) for w in str(args.workers).split(",")]
+    if args.quick:
+        args.iters, args.rounds, args.workers = 2, 1, [1]
+    device = torch.device(args.device)
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+    started = time.time()
+    peak = measure_matmul_peak(torch.bfloat16, device=device, seconds=1.0)
+    res: dict[str, Any] = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+                           "torch": torch.__version__, "cuda": torch.version.cuda, "date": time.strftime("%Y-%m-%d"),
+                           "peak_bf16_flops": peak, "rounds": args.rounds, "settings": vars(args) | {"device": str(device)}}
+    import transformers
+
+    res["transformers"] = transformers.__version__
+    res["openelm"] = openelm_section(args, device, peak)
+    res["clip"] = clip_section(args, device)
+    consumed = res["clip"]["samples_per_s"]["corefm, real caption lengths"]
+    res["loader"] = loader_section(args, device, consumed)
+    res["seconds"] = time.time() - started
+    if args.train_json and os.path.isfile(args.train_json):
+        with open(args.train_json) as f:
+            res["training"] = json.load(f)
+        print("Training checks (benchmarks/gpu/train_check.py):\n\n" + res["training"]["table"] + "\n")
+    print(tables(res))
+    os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
+    with open(args.json, "w") as f:
+        json.dump(res, f, indent=1)
+    print(f"\nwrote {args.json}")
+    return res
+
+
+if __name__ == "__main__":
+    with contextlib.suppress(KeyboardInterrupt):
+        main()
