@@ -78,7 +78,7 @@ def step_fn(model: torch.nn.Module, kind: str, images, tokens, dtype) -> Callabl
     opt = torch.optim.AdamW(model.parameters(), lr=1e-5)
 
     def step() -> float:
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == "bf16"):
+        with torch.autocast(images.device.type, dtype=torch.bfloat16, enabled=dtype == "bf16"):
             if kind == "open_clip":
                 img, txt, scale = model(images, tokens)
                 loss = loss_fn(img, txt, scale.exp())

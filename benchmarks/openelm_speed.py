@@ -121,8 +121,9 @@ def llama_train_step(model, batch: int, seq: int) -> Callable[[], int]:
     return step
 
 
-def decode_fn(model, batch: int, prompt: int, new: int, is_llama: bool) -> Callable[[], int]:
-    ids = torch.randint(3, VOCAB, (batch, prompt))
+def decode_fn(model, batch: int, prompt: int, new: int, is_llama: bool, device: str | torch.device = "cpu"
+              ) -> Callable[[], int]:
+    ids = torch.randint(3, VOCAB, (batch, prompt), device=device)
 
     @torch.no_grad()
     def run() -> int:

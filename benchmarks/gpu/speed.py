@@ -10,7 +10,7 @@ Measured (bf16; each number a median over rounds in which the rivals take turns)
 * KV-cached greedy decoding, new tokens/s at batch 1 and 32 (128-token prompt, 128 new tokens):
   corefm's ``generate`` against transformers' ``generate`` on the same uniform shape.
 * CLIP ViT-B/16 training samples/s against open_clip's own model (same weights, open_clip's
-  ClipLoss, AdamW, bf16 autocast) at batch 256, with captions at their real lengths (corefm cuts
+  ClipLoss, AdamW, bf16 autocast: benchmarks/clip_speed.py's step) at batch 256, with captions at their real lengths (corefm cuts
   the batch after its last end-of-text token, as its data workers do) and at the full 77 tokens.
 * corefm's data loader (image-text JPEG shards -> the CLIP task's transform, N workers) in
   samples/s, against the samples/s the CLIP step consumes.
@@ -38,8 +38,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(os.path.dirname(HERE)))  # the repository (corefm, projects)
 sys.path.insert(0, os.path.dirname(HERE))  # benchmarks/ (the CPU benchmarks' model builders)
 
-from clip_speed import make_batch, make_models  # noqa: E402
-from openelm_speed import llama_like, model_flops_per_token, openelm_config  # noqa: E402
+from clip_speed import make_batch, make_models, step_fn  # noqa: E402
+from openelm_speed import decode_fn, llama_like, model_flops_per_token, openelm_config  # noqa: E402
 
 from corefm.tasks.causal_lm import CausalLMConfig, CausalLMTask  # noqa: E402
 from corefm.train.meters import measure_matmul_peak  # noqa: E402
@@ -100,22 +100,6 @@ def lm_train_step(model: torch.nn.Module, is_llama: bool, batch: int, seq: int, 
     return step
 
 
-def lm_decode(model: torch.nn.Module, is_llama: bool, batch: int, prompt: int, new: int, vocab: int,
-              device: torch.device) -> Callable[[], int]:
-    ids = torch.randint(3, vocab, (batch, prompt), device=device)
-
-    @torch.no_grad()
-    def run() -> int:
-        if is_llama:
-            out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=new,
-                                 min_new_tokens=new, do_sample=False, use_cache=True, pad_token_id=0)
-        else:
-            out = model.generate(ids, new)
-        assert out.shape[1] == prompt + new
-        return batch * new
-    return run
-
-
 def openelm_section(args, device: torch.device, peak: float) -> dict[str, Any]:
     layers, width, seq, batch = (16, 1280, 2048, args.lm_batch) if not args.quick else (2, 128, 64, 2)
     real = openelm_config(layers, width, scaled=True)
@@ -159,7 +143,7 @@ def openelm_section(args, device: torch.device, peak: float) -> dict[str, Any]:
         model, cfg, is_llama = models[name]
         model.eval()
         for b in (1, 32):
-            fn = lm_decode(model, is_llama, b, prompt, new, cfg.vocab_size, device)
+            fn = decode_fn(model, b, prompt, new, is_llama, device)
             decode_fns[f"{name} decode b{b}"] = lambda fn=fn: timed(fn, device, 1 if args.quick else 3, warmup=1)
     decode = rounds(decode_fns, args.rounds)
     for key, rates in decode.items():
@@ -175,27 +159,6 @@ def openelm_section(args, device: torch.device, peak: float) -> dict[str, Any]:
 
 
 # --- CLIP --------------------------------------------------------------------------------------
-def clip_step(model: torch.nn.Module, kind: str, images: torch.Tensor, tokens: torch.Tensor,
-              device: torch.device) -> Callable[[], int]:
-    from open_clip.loss import ClipLoss
-
-    loss_fn, opt = ClipLoss(), torch.optim.AdamW(model.parameters(), lr=1e-5, fused=True)
-
-    def step() -> int:
-        with torch.autocast(device.type, dtype=torch.bfloat16):
-            if kind == "open_clip":
-                img, txt, scale = model(images, tokens)
-                loss = loss_fn(img, txt, scale.exp())
-            else:
-                out = model(images, tokens)
-                loss = loss_fn(out.image_features, out.text_features, out.logit_scale)
-        loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        return images.shape[0]
-    return step
-
-
 def clip_section(args, device: torch.device) -> dict[str, Any]:
     from projects.clip_pseudo.model import eot_length
 
@@ -207,10 +170,13 @@ def clip_section(args, device: torch.device) -> dict[str, Any]:
     images, tokens = make_batch(batch, size, context)
     images, tokens = images.to(device), tokens.to(device)
     cut = tokens[:, : eot_length(tokens.cpu())]  # what ClipTask.collate hands a GPU run
-    fns = {"corefm, real caption lengths": clip_step(ours, "corefm", images, cut, device),
-           "corefm, full 77-token context": clip_step(ours, "corefm", images, tokens, device),
-           "open_clip (always the full context)": clip_step(theirs, "open_clip", images, tokens, device)}
-    runs = rounds({k: (lambda f=f: timed(f, device, args.iters)) for k, f in fns.items()}, args.rounds)
+    steps = {"corefm, real caption lengths": step_fn(ours, "corefm", images, cut, "bf16"),
+             "corefm, full 77-token context": step_fn(ours, "corefm", images, tokens, "bf16"),
+             "open_clip (always the full context)": step_fn(theirs, "open_clip", images, tokens, "bf16")}
+    # step_fn (benchmarks/clip_speed.py: bf16 autocast on the images' device, ClipLoss, AdamW) returns
+    # the loss; the timer counts samples.
+    runs = rounds({k: (lambda f=f: timed(lambda: (f(), batch)[1], device, args.iters)) for k, f in steps.items()},
+                  args.rounds)
     rates = {k: statistics.median(v) for k, v in runs.items()}
     ref = rates["open_clip (always the full context)"]
     ours.to("cpu")
