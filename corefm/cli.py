@@ -15,6 +15,7 @@ from pathlib import Path
 from corefm.errors import CorefmError
 
 EPILOG = "Every command prints a one-line 'corefm: error: ...' on bad input and exits with code 2."
+_STOP = None  # corefm train's stop-signal flag (corefm.train.signals.StopFlag), set first thing
 
 
 def _add_train(sub) -> None:
@@ -32,24 +33,38 @@ def _add_train(sub) -> None:
     p.add_argument("--hostfile", default="", help="DeepSpeed hostfile: launch on its nodes via pdsh/ssh")
     p.add_argument("--launcher", choices=("corefm", "deepspeed"), default="corefm",
                    help="who starts the local processes: corefm (one-line errors) or DeepSpeed's launcher")
+    p.add_argument("--force", action="store_true",
+                   help="take the run directory's lock even if another run seems to hold it (one known dead)")
     p.set_defaults(func=cmd_train)
 
 
 def cmd_train(args: argparse.Namespace) -> int:
     from corefm.data.urls import expand_urls
     from corefm.train.config import load_recipe
-    from launch.runner import LaunchSpec, launch
+    from corefm.train.run_lock import RunLock
+    from launch.runner import LaunchSpec, check_spec, launch
 
     # Validate in this process so a typo or a missing shard costs one line, not N tracebacks.
-    recipe = load_recipe(args.recipe, args.overrides)
-    for spec in (recipe.data.train, recipe.data.val):
-        if spec:
-            expand_urls(spec)
-    worker_args = [args.recipe, *sum((["--set", o] for o in args.overrides), [])]
     spec = LaunchSpec(nproc=args.nproc, nnodes=args.nnodes, node_rank=args.node_rank,
                       master_addr=args.master_addr, master_port=args.master_port, hostfile=args.hostfile,
                       launcher=args.launcher)
-    return launch(spec, worker_args)
+    check_spec(spec)
+    recipe = load_recipe(args.recipe, args.overrides)
+    for data in (recipe.data.train, recipe.data.val):
+        if data:
+            expand_urls(data)
+    worker_args = [args.recipe, *sum((["--set", o] for o in args.overrides), [])]
+    if _STOP is not None and _STOP.requested:
+        print("corefm: stopped by signal before the first step; nothing to save")
+        return 0
+    if spec.node_rank != 0:  # node 0's launcher holds the run directory's lock for every node
+        return launch(spec, worker_args, _STOP)
+    lock = RunLock(recipe.run_dir)
+    token = lock.acquire(force=args.force, note=lambda m: print(m, file=sys.stderr))
+    try:
+        return launch(spec, [*worker_args, "--run-token", token], _STOP)
+    finally:
+        lock.release()
 
 
 def _add_eval(sub) -> None:
@@ -127,6 +142,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["train"]:
+        # Before the slow imports: a stop signal while the launcher starts up ends it cleanly
+        # (cmd_train checks, and the launcher forwards later ones to the ranks).
+        from corefm.train.signals import StopFlag
+
+        global _STOP
+        _STOP = StopFlag()
     from corefm.quiet import quiet_libraries
 
     quiet_libraries()

@@ -164,8 +164,10 @@ def openclipart_items(root: Path, val_fraction: float, seed: int) -> Iterator[It
 
 def _rows(path: Path) -> Iterator[dict | str]:
     """Table rows as dicts; an unparsable JSONL line is yielded as its error text."""
+    # surrogateescape: a row with bytes that are not UTF-8 reads through (its caption is rejected
+    # below, with its reason) instead of stopping the whole table.
     if path.suffix.lower() == ".jsonl" or path.suffix.lower() == ".json":
-        with open(path, encoding="utf-8") as f:
+        with open(path, encoding="utf-8", errors="surrogateescape") as f:
             for n, line in enumerate(f, 1):
                 if line.strip():
                     try:
@@ -174,7 +176,7 @@ def _rows(path: Path) -> Iterator[dict | str]:
                     except ValueError as e:
                         yield f"line {n}: bad JSON ({e.msg})"
         return
-    with open(path, encoding="utf-8", newline="") as f:
+    with open(path, encoding="utf-8", errors="surrogateescape", newline="") as f:
         yield from csv.DictReader(f, delimiter="\t" if path.suffix.lower() == ".tsv" else ",")
 
 
@@ -236,6 +238,10 @@ def clean_caption(value: Any) -> str:
             raise Reject("bad caption: not UTF-8") from None
     if value is None or not isinstance(value, str):
         raise Reject("bad caption: missing" if value is None else f"bad caption: {type(value).__name__}, not text")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:  # undecodable bytes kept as surrogates by _rows
+        raise Reject("bad caption: not UTF-8") from None
     text = " ".join(value.split())
     if not text or text.lower() in PLACEHOLDERS:
         raise Reject(f"bad caption: {'empty' if not text else 'placeholder ' + repr(text)}")

@@ -22,6 +22,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from corefm.errors import ConfigError
+
 WORKER = ["-m", "corefm.train.worker"]
 
 
@@ -56,14 +58,25 @@ def deepspeed_command(spec: LaunchSpec, worker_args: list[str]) -> list[str]:
             "--no_local_rank", "--module", WORKER[1], *worker_args]
 
 
-def run_local(spec: LaunchSpec, worker_args: list[str]) -> int:
+def run_local(spec: LaunchSpec, worker_args: list[str], stop=None) -> int:
     """Spawn this node's workers and wait; returns the exit code for the whole run."""
-    if spec.nnodes > 1 and not spec.master_port:
-        raise ValueError("--master-port is required with --nnodes > 1 (every node must agree)")
     port = spec.master_port or free_port()
     world = spec.nproc * spec.nnodes
     err_dir = Path(tempfile.mkdtemp(prefix="corefm-errors-"))
     procs: list[subprocess.Popen] = []
+    received: list[int] = []
+
+    def forward(signum: int, frame: object) -> None:
+        received.append(signum)
+        for p in procs:
+            if p.poll() is None:
+                p.send_signal(signum)
+
+    # Forwarding is in place before the first worker starts, so a stop signal at any moment of the
+    # start-up reaches every rank (a worker started after it gets it right after its start).
+    old = {s: signal.signal(s, forward) for s in (signal.SIGTERM, signal.SIGINT)}
+    if stop is not None and stop.requested:  # got one while this launcher was starting up
+        received.append(stop.signal)
     for local in range(spec.nproc):
         rank = spec.node_rank * spec.nproc + local
         env = dict(os.environ, RANK=str(rank), LOCAL_RANK=str(local), WORLD_SIZE=str(world),
@@ -72,19 +85,18 @@ def run_local(spec: LaunchSpec, worker_args: list[str]) -> int:
         # Processes share the cores of this node; without this each would start one thread per core.
         env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // spec.nproc)))
         procs.append(subprocess.Popen([sys.executable, *WORKER, *worker_args], env=env))
-
-    def forward(signum: int, frame: object) -> None:
-        for p in procs:
-            if p.poll() is None:
-                p.send_signal(signum)
-
-    old = {s: signal.signal(s, forward) for s in (signal.SIGTERM, signal.SIGINT)}
+        if received:
+            procs[-1].send_signal(received[0])
     try:
-        code = _wait(procs)
+        code, first = _wait(procs)
     finally:
         for s, h in old.items():
             signal.signal(s, h)
-    messages = [f.read_text().strip() for f in sorted(err_dir.glob("rank*.txt"))]
+    # The rank that failed first has the message that matters; the others failed because of it.
+    ranks = [spec.node_rank * spec.nproc + i for i in range(spec.nproc)]
+    order = [first, *(i for i in range(spec.nproc) if i != first)] if first is not None else range(spec.nproc)
+    files = [err_dir / f"rank{ranks[i]}.txt" for i in order]
+    messages = [f.read_text().strip() for f in files if f.is_file()]
     shutil.rmtree(err_dir, ignore_errors=True)
     if code and messages:
         print(f"corefm: error: {messages[0]}", file=sys.stderr)
@@ -93,16 +105,19 @@ def run_local(spec: LaunchSpec, worker_args: list[str]) -> int:
     return code
 
 
-def _wait(procs: list[subprocess.Popen], grace: float = 10.0) -> int:
-    """Wait for all; once one fails, give the rest ``grace`` seconds, then kill them."""
-    failed_at, first_bad = None, 0
+def _wait(procs: list[subprocess.Popen], grace: float = 10.0) -> tuple[int, int | None]:
+    """Wait for all; once one fails, give the rest ``grace`` seconds, then kill them.
+    Returns (exit code for the run, index of the process that failed first or None)."""
+    failed_at, first_bad, first = None, 0, None
     while True:
         codes = [p.poll() for p in procs]
         if all(c is not None for c in codes):
-            return first_bad or next((c for c in codes if c), 0)
-        bad = [c for c in codes if c not in (None, 0)]
+            code = first_bad or next((c for c in codes if c), 0)
+            # A worker killed by a signal has a negative code; exit as a shell would (128 + N).
+            return (128 - code if code < 0 else code), first
+        bad = [i for i, c in enumerate(codes) if c not in (None, 0)]
         if bad and failed_at is None:
-            failed_at, first_bad = time.monotonic(), bad[0]
+            failed_at, first, first_bad = time.monotonic(), bad[0], codes[bad[0]]
             for p in procs:  # peers are likely blocked in a collective: ask them to stop
                 if p.poll() is None:
                     p.terminate()
@@ -113,7 +128,29 @@ def _wait(procs: list[subprocess.Popen], grace: float = 10.0) -> int:
         time.sleep(0.2)
 
 
-def launch(spec: LaunchSpec, worker_args: list[str]) -> int:
+def check_spec(spec: LaunchSpec) -> None:
+    """One line for a launch that cannot work (before anything starts)."""
+    if spec.nproc < 1:
+        raise ConfigError(f"--nproc must be at least 1, got {spec.nproc}")
+    if spec.nnodes < 1 or not 0 <= spec.node_rank < spec.nnodes:
+        raise ConfigError(f"--node-rank {spec.node_rank} is not in 0..{spec.nnodes - 1} (--nnodes {spec.nnodes})")
+    if not 0 <= spec.master_port <= 65535:
+        raise ConfigError(f"--master-port must be a port number, got {spec.master_port}")
+    if spec.nnodes > 1 and not spec.master_port:
+        raise ConfigError("--master-port is required with --nnodes > 1 (every node must agree)")
+
+
+def launch(spec: LaunchSpec, worker_args: list[str], stop=None) -> int:
+    """Start the run; ``stop``: a StopFlag installed earlier, whose signal (if any) is passed on."""
     if spec.hostfile or spec.launcher == "deepspeed":
-        return subprocess.call(deepspeed_command(spec, worker_args))
-    return run_local(spec, worker_args)
+        proc = subprocess.Popen(deepspeed_command(spec, worker_args))
+        # DeepSpeed's launcher passes a stop signal on to its ranks; hand it the ones this process gets.
+        old = {s: signal.signal(s, lambda signum, frame: proc.send_signal(signum)) for s in (signal.SIGTERM, signal.SIGINT)}
+        if stop is not None and stop.requested:
+            proc.send_signal(stop.signal)
+        try:
+            return proc.wait()
+        finally:
+            for s, h in old.items():
+                signal.signal(s, h)
+    return run_local(spec, worker_args, stop)

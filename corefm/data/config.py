@@ -32,6 +32,9 @@ class DataConfig:
             read from a shard before its fault are kept; 0 stops at the first bad shard.
         check_manifest: compare local shard sizes with `dataset.json` (where there is one) before
             streaming, and use its per-shard sample counts to detect shards that end early.
+        verify_checksums: with a manifest, each worker checks a local shard's sha256 against it the
+            first time it opens that shard in a run (one extra read of the file, which the page
+            cache then serves to the reader); a mismatch counts as an unreadable shard.
     """
 
     train: str = ""
@@ -44,3 +47,4 @@ class DataConfig:
     num_workers: int = 2
     max_skip_fraction: float = 0.05
     check_manifest: bool = True
+    verify_checksums: bool = True

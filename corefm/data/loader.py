@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import signal
 from collections import defaultdict
 from typing import Any, Iterator, Sequence
 
@@ -39,14 +40,15 @@ def _sources(urls_or_spec: str | Sequence[str]) -> list[list[str]]:
     return [urls]
 
 
-def _manifest_counts(urls: list[str]) -> dict[str, int]:
+def _manifest_counts(urls: list[str]) -> tuple[dict[str, int], dict[str, str]]:
     """Check local shards against the `dataset.json` of their directory (where there is one)
-    and return url -> sample count for the shards a manifest covers."""
+    and return (url -> sample count, url -> sha256) for the shards a manifest covers."""
     by_dir: dict[str, list[str]] = defaultdict(list)
     for url in urls:
         if is_local(url):
             by_dir[os.path.dirname(os.path.abspath(local_path(url)))].append(url)
     counts: dict[str, int] = {}
+    sha256: dict[str, str] = {}
     for directory, dir_urls in by_dir.items():
         if not os.path.isfile(os.path.join(directory, MANIFEST_NAME)):
             log.info("no %s in %s: shard sizes and sample counts are not checked", MANIFEST_NAME, directory)
@@ -54,8 +56,12 @@ def _manifest_counts(urls: list[str]) -> dict[str, int]:
         manifest = load_manifest(directory)
         check_shards(manifest, dir_urls)
         listed = manifest.by_name()
-        counts.update({url: listed[os.path.basename(local_path(url))].samples for url in dir_urls})
-    return counts
+        for url in dir_urls:
+            info = listed[os.path.basename(local_path(url))]
+            counts[url] = info.samples
+            if info.sha256:
+                sha256[url] = info.sha256
+    return counts, sha256
 
 
 def _check_common(cfg: DataConfig, rank: int, world_size: int, batch_size: int) -> None:
@@ -69,6 +75,14 @@ def _check_common(cfg: DataConfig, rank: int, world_size: int, batch_size: int) 
         raise DataError(f"data.max_skip_fraction must be in [0, 1], got {cfg.max_skip_fraction}")
 
 
+def _ignore_stop_signals(worker_id: int) -> None:
+    """DataLoader workers leave SIGTERM/SIGINT to their rank: SLURM's --signal, scancel and Ctrl-C
+    reach the whole process group, and a worker that died of them would take the rank down before
+    it could save its stop checkpoint. The rank stops its workers when it is done."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 def _dataloader(stream: ShardStream, num_workers: int, pin_memory: bool, seed: int) -> DataLoader:
     return DataLoader(
         stream,
@@ -76,6 +90,7 @@ def _dataloader(stream: ShardStream, num_workers: int, pin_memory: bool, seed: i
         num_workers=num_workers,
         collate_fn=_identity,
         pin_memory=pin_memory,
+        worker_init_fn=_ignore_stop_signals,
         in_order=True,  # the role rotation on resume relies on round-robin delivery
         # DataLoader draws its worker base seed from this generator instead of consuming the
         # trainer's global torch RNG (our map_fn seeding makes the base seed irrelevant anyway)
@@ -228,12 +243,13 @@ def build_loader(
             f"need at least {world_size * roles} shards (reshard, lower data.num_workers, or set "
             "data.resampled: true)"
         )
-    counts = _manifest_counts(urls) if cfg.check_manifest else {}
+    counts, sha256 = _manifest_counts(urls) if cfg.check_manifest else ({}, {})
     spec = StreamSpec(
         urls=urls, rank=rank, world_size=world_size, num_workers=cfg.num_workers,
         batch_size=batch_size, seed=cfg.seed, resampled=cfg.resampled, url_weights=url_weights,
         shuffle_shards=cfg.shuffle_shards, shuffle_buffer=cfg.shuffle_buffer, drop_last=drop_last,
         epochs=None, max_skip_fraction=cfg.max_skip_fraction, expected_samples=counts,
+        expected_sha256=sha256 if cfg.verify_checksums else None,
     )
     fingerprint = {
         "rank": rank, "world_size": world_size, "num_workers": cfg.num_workers,
@@ -298,7 +314,7 @@ def build_eval_loader(
     """
     _check_common(cfg, rank, world_size, batch_size)
     urls = [url for source in _sources(urls_or_spec) for url in source]
-    counts = _manifest_counts(urls) if cfg.check_manifest else {}
+    counts, sha256 = _manifest_counts(urls) if cfg.check_manifest else ({}, {})
     mine = urls[rank::world_size]
     workers = min(cfg.num_workers, len(mine))
     # unshuffled plain order: role w reads urls[rank::world_size][w::workers], i.e. `mine`
@@ -306,6 +322,7 @@ def build_eval_loader(
         urls=urls, rank=rank, world_size=world_size, num_workers=workers, batch_size=batch_size,
         seed=cfg.seed, shuffle_shards=False, shuffle_buffer=0, drop_last=False, epochs=1,
         max_skip_fraction=cfg.max_skip_fraction, expected_samples=counts,
+        expected_sha256=sha256 if cfg.verify_checksums else None,
     )
     stream = ShardStream(spec, map_fn, collate_fn or default_collate)
     num_samples = sum(counts[u] for u in mine) if all(u in counts for u in mine) and counts else None

@@ -128,6 +128,8 @@ def load_manifest(dir_or_file: str | os.PathLike) -> Manifest:
         raise DataError(f"manifest not found: {path}") from None
     except (OSError, json.JSONDecodeError) as err:
         raise DataError(f"cannot read manifest {path}: {err}") from None
+    except UnicodeDecodeError:
+        raise DataError(f"{path} is not a dataset.json (not text)") from None
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         got = data.get("format") if isinstance(data, dict) else type(data).__name__
         raise DataError(f"{path}: format is {got!r}, expected {FORMAT!r}")

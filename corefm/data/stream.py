@@ -34,14 +34,25 @@ import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
 from corefm.data.errors import DataError, SkipSample, one_line
-from corefm.data.shards import READ_ERRORS, iter_shard
+from corefm.errors import CorefmError
+from corefm.data.manifest import sha256_file
+from corefm.data.shards import READ_ERRORS, ShardReadError, iter_shard
+from corefm.data.urls import local_path
 
 log = logging.getLogger("corefm.data")
 
 MapFn = Callable[[dict[str, Any]], Any]
 CollateFn = Callable[[list[Any]], Any]
 
-_LOGGED_SKIPS = 5  # SkipSample warnings per role before going quiet (they are still counted)
+_LOGGED_SKIPS = 5  # skipped-sample warnings per role before going quiet (they are still counted)
+# A sample's own bad value (a label that is not a number, a token array of floats, an image that
+# does not decode) as raised by a map_fn: that sample is skipped and counted, like a corrupt one.
+# corefm's own errors (a DataError about the data config, a ConfigError) stop the run instead.
+SAMPLE_ERRORS = (SkipSample, ValueError, TypeError, KeyError, IndexError, OverflowError, UnicodeError, OSError,
+                 EOFError)
+# The skip bound on samples is measured over at least this many, so one early bad sample is not a
+# fraction of 100%.
+_MIN_SAMPLES_FOR_BOUND = 100
 
 
 def seed_int(*parts: object) -> int:
@@ -103,6 +114,7 @@ class _Counters:
     shards_opened: int = 0
     skipped_shards: int = 0
     skipped_samples: int = 0
+    mapped_samples: int = 0  # samples given to map_fn (skipped ones included)
 
 
 @dataclass
@@ -127,6 +139,7 @@ class StreamSpec:
     epochs: int | None = None
     max_skip_fraction: float = 0.05
     expected_samples: dict[str, int] | None = None
+    expected_sha256: dict[str, str] | None = None  # url -> sha256, checked when first opened
 
     @property
     def roles(self) -> int:
@@ -172,6 +185,7 @@ class ShardStream(IterableDataset):
         self.spec, self.map_fn, self.collate_fn = spec, map_fn, collate_fn
         self.rotation = rotation
         self.start = start or [(0, 0)] * spec.roles
+        self._verified: set[str] = set()  # shards whose sha256 this process has checked
 
     def __iter__(self) -> Iterator[tuple[Any, dict[str, Any]]]:
         info = get_worker_info()
@@ -191,6 +205,7 @@ class ShardStream(IterableDataset):
         for url in shards:
             counters.shards_opened += 1
             try:
+                self._verify_once(url)
                 yield from iter_shard(url, expected.get(url))
             except READ_ERRORS as err:
                 counters.skipped_shards += 1
@@ -203,6 +218,17 @@ class ShardStream(IterableDataset):
                         f"{counters.shards_opened} shards unreadable (bound "
                         f"{spec.max_skip_fraction:.0%}): last was {url}: {reason}"
                     ) from None
+
+    def _verify_once(self, url: str) -> None:
+        """The manifest's sha256 against the file, the first time this process opens it."""
+        want = (self.spec.expected_sha256 or {}).get(url)
+        if want is None or url in self._verified:
+            return
+        got = sha256_file(local_path(url))
+        if got != want:
+            raise ShardReadError(f"its sha256 {got[:12]}... is not the {want[:12]}... of its dataset.json "
+                                 "(the file changed since the manifest was written)")
+        self._verified.add(url)
 
     def _role_batches(
         self, role: int, start_epoch: int, start_offset: int, restore_rngs: bool
@@ -230,10 +256,13 @@ class ShardStream(IterableDataset):
                     break
             if batches == 0 and skip == 0 and spec.epochs is None:
                 # an infinite stream that cannot fill one batch per epoch would spin forever
+                usable = consumed - counters.skipped_samples
+                advice = ("its data is unusable (see the warnings above)" if counters.skipped_shards == len(shards)
+                          or usable <= 0 else "use fewer workers or ranks, or a smaller batch")
                 raise DataError(
                     f"rank {spec.rank} worker {role}: epoch {epoch} gave {consumed} samples from "
-                    f"{len(shards)} shards ({counters.skipped_samples} skipped so far), not one "
-                    f"batch of {spec.batch_size}: use fewer workers or ranks, or a smaller batch"
+                    f"{len(shards)} shards ({counters.skipped_samples} skipped, {counters.skipped_shards} "
+                    f"shards unreadable so far), not one batch of {spec.batch_size}: {advice}"
                 )
             epoch += 1
 
@@ -245,12 +274,26 @@ class ShardStream(IterableDataset):
         size, map_fn = self.spec.batch_size, self.map_fn
         for raw in samples:
             consumed += 1
+            counters.mapped_samples += 1
             try:
                 batch.append(map_fn(raw))
-            except SkipSample as err:
-                counters.skipped_samples += 1
-                if counters.skipped_samples <= _LOGGED_SKIPS:
-                    log.warning("skipping sample %s from %s: %s", raw.get("__key__"), raw.get("__url__"), one_line(err))
+            except CorefmError:
+                raise
+            except SAMPLE_ERRORS as err:
+                self._skip_sample(raw, err, counters, role)
             if len(batch) == size:
                 return batch, consumed, False
         return batch, consumed, True
+
+    def _skip_sample(self, raw: dict[str, Any], err: BaseException, counters: _Counters, role: int) -> None:
+        """Count a skipped sample, name the first few, and stop past ``max_skip_fraction``."""
+        counters.skipped_samples += 1
+        why = one_line(err) if isinstance(err, SkipSample) else f"{type(err).__name__}: {one_line(err)}"
+        where = f"sample {raw.get('__key__')} of {raw.get('__url__')}"
+        if counters.skipped_samples <= _LOGGED_SKIPS:
+            log.warning("skipping %s: %s", where, why)
+        bound = self.spec.max_skip_fraction * max(counters.mapped_samples, _MIN_SAMPLES_FOR_BOUND)
+        if counters.skipped_samples > bound:
+            raise DataError(f"rank {self.spec.rank} worker {role}: {counters.skipped_samples} of "
+                            f"{counters.mapped_samples} samples unusable (bound {self.spec.max_skip_fraction:.0%}); "
+                            f"the last: {where}: {why}")

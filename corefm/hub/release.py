@@ -101,8 +101,12 @@ def release(run_dir: Path, out_dir: Path, push: str = "", private: bool = False)
         from huggingface_hub import HfApi
 
         api = HfApi(token=token)
-        api.create_repo(push, exist_ok=True, private=private)
-        api.upload_folder(repo_id=push, folder_path=str(out_dir), commit_message=f"corefm release of {run_dir.name}")
+        try:
+            api.create_repo(push, exist_ok=True, private=private)
+            api.upload_folder(repo_id=push, folder_path=str(out_dir), commit_message=f"corefm release of {run_dir.name}")
+        except Exception as e:  # noqa: BLE001 - no network, a refused token, a bad name: all one line
+            raise CorefmError(f"pushing {out_dir} to the Hub repository {push} failed "
+                              f"({type(e).__name__}: {' '.join(str(e).split())[:300]}); the folder is written") from None
         print(f"pushed {len(files)} files to https://huggingface.co/{push}")
     else:
         print(f"dry run (add --push org/name to upload): {out_dir} would upload")

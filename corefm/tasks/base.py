@@ -13,6 +13,27 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
+from corefm.data.errors import SkipSample
+
+
+def read_label(value: Any, num_classes: int | None, where: str) -> int:
+    """A shard's class label (ASCII digits or an int) as an int in [0, num_classes); anything else
+    makes the sample skipped (and counted) rather than a crash in the loss, or on a GPU a device-side
+    assert. ``num_classes`` None checks only that the label is not negative."""
+    try:
+        label = int(value.decode("ascii").strip()) if isinstance(value, (bytes, bytearray)) else int(value)
+    except (ValueError, TypeError, UnicodeDecodeError):
+        raise SkipSample(f"{where}: label {value!r} is not an integer") from None
+    if label < 0 or num_classes is not None and label >= num_classes:
+        raise SkipSample(f"{where}: label {label} is outside 0..{num_classes - 1 if num_classes else 'inf'}")
+    return label
+
+
+def model_num_classes(model: nn.Module) -> int | None:
+    """The number of classes a classifier model declares (``num_classes``), if it does."""
+    n = getattr(model, "num_classes", None)
+    return int(n) if isinstance(n, int) else None
+
 
 class Task(nn.Module):
     """Base class. Subclasses hold the model as ``self.model``.

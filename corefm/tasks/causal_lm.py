@@ -37,18 +37,30 @@ class CausalLMTask(Task):
         self.cfg = cfg
 
     def sample_transform(self, train: bool) -> Callable[[dict], dict]:
-        seq_len = self.cfg.seq_len
+        seq_len, vocab = self.cfg.seq_len, getattr(self.model, "vocab_size", None)
 
         def transform(sample: dict) -> dict:
+            where = f"sample {sample.get('__key__')}"
             tokens = sample.get("tokens.npy", sample.get("npy"))
             if tokens is None:
-                raise SkipSample(f"sample {sample.get('__key__')} has no tokens.npy")
+                raise SkipSample(f"{where} has no tokens.npy")
             if isinstance(tokens, bytes):
-                tokens = np.load(io.BytesIO(tokens), allow_pickle=False)
-            tokens = np.asarray(tokens, dtype=np.int64)
+                try:
+                    tokens = np.load(io.BytesIO(tokens), allow_pickle=False)
+                except ValueError as e:  # an object array (it would need unpickling), a bad header
+                    raise SkipSample(f"{where}: tokens.npy does not load without pickle ({e})") from None
+            tokens = np.asarray(tokens)
+            # Checked, never converted: a float array cast to ints would turn -0.3 padding into token 0.
+            if tokens.ndim != 1 or not np.issubdtype(tokens.dtype, np.integer):
+                raise SkipSample(f"{where}: tokens.npy must be a 1-D integer array, got {tokens.ndim}-D "
+                                 f"{tokens.dtype}")
             if seq_len:
                 tokens = tokens[: seq_len + 1]
-            return {"tokens": torch.from_numpy(tokens)}
+            if len(tokens) < 2:
+                raise SkipSample(f"{where}: tokens.npy holds {len(tokens)} token(s); a sample needs at least 2")
+            if vocab is not None and len(tokens) and int(tokens.max()) >= vocab:
+                raise SkipSample(f"{where}: token id {int(tokens.max())} >= the model's vocabulary ({vocab})")
+            return {"tokens": torch.from_numpy(tokens.astype(np.int64))}
 
         return transform
 

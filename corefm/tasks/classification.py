@@ -17,7 +17,7 @@ from PIL import Image
 
 from corefm.data.errors import SkipSample
 from corefm.registry import register_task
-from corefm.tasks.base import Task
+from corefm.tasks.base import Task, model_num_classes, read_label
 
 IMAGE_KEYS = ("png", "jpg", "jpeg", "webp", "bmp", "tiff", "tif", "ppm")
 
@@ -53,13 +53,15 @@ class ClassificationTask(Task):
     def __init__(self, cfg: ClassificationConfig, model: torch.nn.Module):
         super().__init__(model)
         self.cfg = cfg
+        self.num_classes = model_num_classes(model)  # labels outside 0..num_classes-1 are skipped
 
     def sample_transform(self, train: bool) -> Callable[[dict], dict]:
-        cfg = self.cfg
+        cfg, num_classes = self.cfg, self.num_classes
 
         def transform(sample: dict) -> dict:
             if "cls" not in sample:
                 raise SkipSample(f"sample {sample.get('__key__')} has no 'cls' label")
+            read_label(sample["cls"], num_classes, f"sample {sample.get('__key__')}")  # before decoding
             img = load_image(sample, cfg.channels).resize((cfg.image_size, cfg.image_size), Image.BILINEAR)
             x = torch.from_numpy(np.asarray(img, dtype=np.float32) / 255.0)
             x = x.unsqueeze(0) if x.ndim == 2 else x.permute(2, 0, 1)
@@ -67,8 +69,8 @@ class ClassificationTask(Task):
                 # The loader seeds numpy's global RNG per batch, so a resumed run replays this.
                 dy, dx = np.random.randint(-cfg.max_shift, cfg.max_shift + 1, size=2)
                 x = torch.roll(x, shifts=(int(dy), int(dx)), dims=(1, 2))
-            label = sample["cls"]
-            return {"image": (x - cfg.mean) / cfg.std, "label": torch.tensor(int(label))}
+            label = read_label(sample["cls"], num_classes, f"sample {sample.get('__key__')}")
+            return {"image": (x - cfg.mean) / cfg.std, "label": torch.tensor(label)}
 
         return transform
 

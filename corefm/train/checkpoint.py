@@ -26,6 +26,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from corefm.data.errors import one_line
 from corefm.errors import CheckpointError
 
 TAG = "ds"
@@ -89,19 +90,28 @@ def save(engine, ckpt_root: Path, step: int, rank_state: dict[str, Any], meta: d
     rank = dist.get_rank() if dist.is_initialized() else 0
     name = f"step_{step:08d}"
     final, tmp = ckpt_root / name, ckpt_root / f".tmp-{name}"
-    if rank == 0:
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-    _barrier()
-    engine.save_checkpoint(str(tmp), tag=TAG, save_latest=False)
-    torch.save({**rank_state, "rng": rng_state(device)}, tmp / f"rank_{rank:05d}.pt")
-    _barrier()
-    if rank == 0:
-        write_text_atomic(tmp / "meta.json", json.dumps(meta, indent=2))
-        if final.exists():  # the same step saved again (e.g. SIGTERM right after a periodic save)
-            shutil.rmtree(final)
-        os.rename(tmp, final)
-        write_text_atomic(ckpt_root / "latest", name)
+    try:
+        if rank == 0:
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
+        _barrier()
+        engine.save_checkpoint(str(tmp), tag=TAG, save_latest=False)
+        torch.save({**rank_state, "rng": rng_state(device)}, tmp / f"rank_{rank:05d}.pt")
+        _barrier()
+        if rank == 0:
+            write_text_atomic(tmp / "meta.json", json.dumps(meta, indent=2))
+            if final.exists():  # the same step saved again (e.g. SIGTERM right after a periodic save)
+                shutil.rmtree(final)
+            os.rename(tmp, final)
+            write_text_atomic(ckpt_root / "latest", name)
+    except OSError as e:  # disk full, quota, permissions: the previous checkpoint is untouched
+        if rank == 0:
+            shutil.rmtree(tmp, ignore_errors=True)
+        kept = latest_checkpoint(ckpt_root)
+        raise CheckpointError(f"writing checkpoint {name} failed: {e.strerror or e}"
+                              + (f" ({e.filename})" if e.filename else "")
+                              + f"; {'the previous checkpoint ' + kept.name + ' is intact' if kept else 'no earlier checkpoint'}"
+                              ) from None
         complete = sorted(p for p in ckpt_root.glob("step_*") if (p / "meta.json").is_file())
         for old in complete[:-keep_last] if keep_last > 0 else []:
             shutil.rmtree(old, ignore_errors=True)
@@ -113,19 +123,37 @@ def load(engine, path: Path, world_size: int, device: torch.device | None = None
     """Collective: restore engine, RNG and this rank's state. Returns ``(meta, rank_state)``; a warning
     about the RNG (see :func:`set_rng_state`) is in ``rank_state["rng_warning"]``."""
     rank = dist.get_rank() if dist.is_initialized() else 0
-    meta = json.loads((path / "meta.json").read_text())
+    meta = read_meta(path)
     if meta["world_size"] != world_size:
         raise CheckpointError(
             f"{path} was written by {meta['world_size']} ranks but this run has {world_size}; "
             "exact data resume needs the same number of ranks (start a new run_dir to change it)")
-    load_path, _ = engine.load_checkpoint(str(path), tag=TAG, load_optimizer_states=True,
-                                          load_lr_scheduler_states=True)
+    damaged = (f"; it may be damaged: delete it and write the name of an earlier step_ folder into "
+               f"{path.parent / 'latest'}, or start a new run_dir")
+    try:
+        load_path, _ = engine.load_checkpoint(str(path), tag=TAG, load_optimizer_states=True,
+                                              load_lr_scheduler_states=False)
+    except Exception as e:  # noqa: BLE001 - truncated or garbled files surface as many error types
+        raise CheckpointError(f"DeepSpeed could not load {path / TAG} ({type(e).__name__}: {one_line(e)[:200]})"
+                              + damaged) from None
     if load_path is None:
-        raise CheckpointError(f"DeepSpeed could not load {path / TAG}")
+        raise CheckpointError(f"DeepSpeed could not load {path / TAG}" + damaged)
     rank_file = path / f"rank_{rank:05d}.pt"
     if not rank_file.is_file():
-        raise CheckpointError(f"{rank_file} is missing")
-    # Our own file (data position, RNG tuples): it holds non-tensor objects, hence weights_only=False.
-    state = torch.load(rank_file, weights_only=False)
-    state["rng_warning"] = set_rng_state(state.pop("rng"), device)
+        raise CheckpointError(f"{rank_file} is missing" + damaged)
+    try:
+        # Our own file (data position, RNG tuples): it holds non-tensor objects, hence weights_only=False.
+        state = torch.load(rank_file, weights_only=False)
+        rng = state.pop("rng")
+    except Exception as e:  # noqa: BLE001
+        raise CheckpointError(f"{rank_file} cannot be read ({type(e).__name__}: {one_line(e)[:200]})" + damaged) from None
+    state["rng_warning"] = set_rng_state(rng, device)
     return meta, state
+
+
+def read_meta(path: Path) -> dict[str, Any]:
+    """A checkpoint's meta.json (step, world size, recipe, training metrics)."""
+    try:
+        return json.loads((path / "meta.json").read_text())
+    except (OSError, ValueError) as e:
+        raise CheckpointError(f"{path / 'meta.json'} cannot be read ({e}); the checkpoint may be damaged") from None

@@ -20,6 +20,7 @@ import yaml
 from corefm.data.config import DataConfig
 from corefm.errors import ConfigError
 from corefm.registry import MODELS, TASKS, lookup
+from corefm.train.recipe_checks import check_values
 
 
 @dataclass
@@ -256,6 +257,10 @@ def load_raw(path: str | Path) -> dict:
         raw = yaml.safe_load(p.read_text()) or {}
     except yaml.YAMLError as e:
         raise ConfigError(f"{p}: not valid YAML: {str(e).splitlines()[0]}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{p}: not a text file (a recipe is UTF-8 YAML)") from None
+    except OSError as e:
+        raise ConfigError(f"{p}: cannot be read ({e.strerror})") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{p}: a recipe must be a mapping of sections")
     return raw
@@ -278,6 +283,7 @@ def parse_recipe(raw: dict) -> Recipe:
     recipe.model, recipe.task = model_cfg, task_cfg
     recipe.model_name, recipe.task_name = model_name, task_name
     recipe.model_runtime = from_dict(ModelRuntimeConfig, runtime, "model")
+    check_values(recipe)
     return recipe
 
 

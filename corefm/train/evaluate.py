@@ -97,12 +97,12 @@ def evaluate_run(run_dir: Path, data: str = "", overrides: list[str] | None = No
 
 def export_run(run_dir: Path, out: Path | None = None) -> Path:
     """Consolidate the run's latest checkpoint into ``model.safetensors``."""
-    from corefm.train.checkpoint import latest_checkpoint
+    from corefm.train.checkpoint import latest_checkpoint, read_meta
     from corefm.train.export import export_checkpoint
     from corefm.train.build import build_task
 
     last = latest_checkpoint(run_dir / "checkpoints")
     if last is None:
         raise CheckpointError(f"{run_dir / 'checkpoints'} has no complete checkpoint")
-    recipe = parse_recipe(json.loads((last / "meta.json").read_text())["recipe"])
+    recipe = parse_recipe(read_meta(last)["recipe"])
     return export_checkpoint(last, build_task(recipe), out or run_dir / "model.safetensors")

@@ -10,6 +10,7 @@ from typing import Any
 
 from tqdm import tqdm
 
+from corefm.errors import ConfigError
 from corefm.train.config import LogConfig
 
 
@@ -28,16 +29,25 @@ class Monitor:
             self.bar = tqdm(total=total_steps, initial=start_step, desc="train", unit="step",
                             dynamic_ncols=True, mininterval=1.0)
         if cfg.jsonl:
-            self.jsonl = open(run_dir / "metrics.jsonl", "a", buffering=1)
+            path = run_dir / "metrics.jsonl"
+            if start_step and path.is_file():
+                _drop_after(path, start_step)
+            self.jsonl = open(path, "a", buffering=1)
         mode = "auto" if cfg.wandb is True else cfg.wandb
         if mode == "auto":
             mode = "online" if os.environ.get("WANDB_API_KEY") else "offline"
         if mode is not False:
             import wandb  # imported lazily: it is slow to import and often unused
 
-            self.wandb = wandb.init(project=cfg.wandb_project, name=cfg.run_name or run_dir.name,
-                                    dir=str(run_dir), mode=mode, config=config, resume="allow",
-                                    id=(cfg.run_name or run_dir.name).replace("/", "-"))
+            try:
+                # wandb's own default waits 90 s for a server it cannot reach; 30 s is plenty to start.
+                self.wandb = wandb.init(project=cfg.wandb_project, name=cfg.run_name or run_dir.name,
+                                        dir=str(run_dir), mode=mode, config=config, resume="allow",
+                                        id=(cfg.run_name or run_dir.name).replace("/", "-"),
+                                        settings=wandb.Settings(init_timeout=30))
+            except wandb.errors.Error as e:
+                raise ConfigError(f"wandb could not start {mode} ({type(e).__name__}: {str(e).splitlines()[0][:200]}); "
+                                  "set log.wandb: offline (files to sync later) or false") from None
 
     def log(self, step: int, metrics: dict[str, float], kind: str = "train") -> None:
         if not self.enabled:
@@ -48,6 +58,11 @@ class Monitor:
         if self.wandb is not None:
             self.wandb.log({f"{kind}/{k}": v for k, v in metrics.items()}, step=step)
         self.print(_format(step, metrics, kind))
+
+    def record(self, step: int, kind: str, fields: dict[str, Any]) -> None:
+        """A non-metric event in metrics.jsonl (e.g. a recipe change on resume)."""
+        if self.enabled and self.jsonl:
+            self.jsonl.write(json.dumps({"step": step, "kind": kind, **fields}) + "\n")
 
     def advance(self, n: int = 1, postfix: dict[str, float] | None = None) -> None:
         if self.bar is not None:
@@ -84,3 +99,13 @@ def _format(step: int, metrics: dict[str, float], kind: str) -> str:
         else:
             parts.append(f"{k} {v:.4f}")
     return f"[{kind}] step {step}: " + " | ".join(parts)
+
+
+def _drop_after(path: Path, step: int) -> None:
+    """A run resumed at ``step`` logs the steps after it again: drop the killed run's records of them,
+    so every step appears once (written to a temporary file and renamed)."""
+    keep = [line for line in path.read_text().splitlines(keepends=True)
+            if line.strip() and json.loads(line).get("step", 0) <= step]
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_text("".join(keep))
+    os.replace(tmp, path)

@@ -24,6 +24,11 @@ def lr_factor(step: int, cfg: ScheduleConfig, max_steps: int) -> float:
     return cfg.min_lr_ratio + (1.0 - cfg.min_lr_ratio) * decay
 
 
-def build_scheduler(optimizer: torch.optim.Optimizer, cfg: ScheduleConfig, max_steps: int):
-    """A LambdaLR, stepped by the trainer once per step (its state is saved in corefm's checkpoints)."""
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, cfg, max_steps))
+def build_scheduler(optimizer: torch.optim.Optimizer, cfg: ScheduleConfig, max_steps: int, last_step: int = 0):
+    """A LambdaLR, stepped by the trainer once per step. Its state is the step alone, so a resumed
+    run rebuilds it at ``last_step`` (each group's base lr taken from its ``initial_lr``) rather than
+    loading it: a recipe's new lr or schedule then applies from that step on."""
+    if not last_step:
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, cfg, max_steps))
+    # last_epoch = last_step - 1: LambdaLR's construction takes the one step to last_step itself.
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, cfg, max_steps), last_epoch=last_step - 1)

@@ -15,9 +15,7 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import time
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -25,12 +23,13 @@ import deepspeed
 import torch
 
 from corefm.data import build_loader
-from corefm.errors import TrainingError
+from corefm.errors import ConfigError, TrainingError
 from corefm.nn import kernels
 from corefm.train import checkpoint as ckpt
+from corefm.train import recipe_diff
 from corefm.train.build import build_task
 from corefm.train.comm import Comm
-from corefm.train.config import Recipe, recipe_to_dict
+from corefm.train.config import Recipe, parse_recipe, recipe_to_dict
 from corefm.train.ds_config import build_ds_config
 from corefm.train.evaluate import evaluate
 from corefm.train.meters import Throughput, cluster_peak, count_flops
@@ -38,19 +37,8 @@ from corefm.train.monitor import Monitor
 from corefm.train.optim import build_optimizer
 from corefm.train.placement import Placement, rank_placement
 from corefm.train.schedule import build_scheduler
+from corefm.train.signals import StopFlag
 from corefm.train.step_metrics import MetricWindow, NonFiniteGuard
-
-
-class _StopFlag:
-    """SIGTERM/SIGINT ask for a checkpoint at the next step boundary instead of dying mid-step."""
-
-    def __init__(self) -> None:
-        self.signal: int | None = None
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(sig, self._handle)
-
-    def _handle(self, signum: int, frame: Any) -> None:
-        self.signal = signum
 
 
 def make_deterministic() -> None:
@@ -72,10 +60,49 @@ def open_process_group(placement: Placement) -> Comm:
     return Comm.for_placement(placement)
 
 
+def place_rank(recipe: Recipe) -> tuple[Placement, Comm]:
+    """This rank's device and kernels, then the process group; collective."""
+    if recipe.train.deterministic:
+        make_deterministic()
+    placement = rank_placement()
+    runtime = recipe.model_runtime
+    choice = kernels.KernelChoice(runtime.attention_backend, runtime.linear_backend)
+    choice.check_device(placement.device)
+    kernels.select(choice.attention, choice.linear)
+    return placement, open_process_group(placement)
+
+
+def resume_point(recipe: Recipe, comm: Comm) -> tuple[Path | None, dict[str, tuple[Any, Any]]]:
+    """Collective: the checkpoint to resume from (None: start afresh) and the honoured recipe changes.
+
+    Rank 0 clears half-written checkpoints first. A change a resume cannot honour raises ConfigError
+    on every rank alike, before anything is built."""
+    ckpt_root = Path(recipe.run_dir) / "checkpoints"
+    if comm.rank == 0:
+        ckpt_root.mkdir(parents=True, exist_ok=True)
+        ckpt.clean_partial(ckpt_root)
+    comm.barrier()
+    last = ckpt.latest_checkpoint(ckpt_root)
+    if last is None or recipe.checkpoint.resume != "auto":
+        return None, {}
+    stored = ckpt.read_meta(last)["recipe"]
+    try:  # read with today's defaults, so a key added to corefm since does not count as a change
+        stored = recipe_to_dict(parse_recipe(stored))
+    except ConfigError as e:
+        raise ConfigError(f"{last}: its stored recipe no longer parses ({e}); start a new run_dir") from None
+    good, bad = recipe_diff.recipe_changes(stored, recipe_to_dict(recipe))
+    if bad:
+        raise ConfigError(f"{recipe.run_dir} was trained with another recipe, which a resume cannot change: "
+                          f"{recipe_diff.describe(bad)}; use the recipe it was trained with, or a new run_dir "
+                          f"(a resume may change {', '.join(recipe_diff.HONOURED)})")
+    return last, good
+
+
 class Trainer:
     def __init__(self, recipe: Recipe, placement: Placement, comm: Comm, task: torch.nn.Module, engine: Any,
                  optimizer: torch.optim.Optimizer, scheduler: Any, loader: Any, monitor: Monitor,
-                 meter: Throughput, step: int = 0, optimizer_device: torch.device | None = None) -> None:
+                 meter: Throughput, step: int = 0, optimizer_device: torch.device | None = None,
+                 stop: StopFlag | None = None) -> None:
         self.recipe, self.placement, self.comm = recipe, placement, comm
         self.task, self.engine, self.optimizer, self.scheduler = task, engine, optimizer, scheduler
         self.loader, self.monitor, self.meter = loader, monitor, meter
@@ -89,44 +116,40 @@ class Trainer:
         self.window = MetricWindow(placement.device)
         self.guard = NonFiniteGuard(optimizer, placement.device, comm, optimizer_device)
         self.batches = iter(loader)
-        self.stop: _StopFlag | None = None
+        self.stop = stop
         self.flops_per_micro = 0
         self.metrics: dict[str, Any] = {}
         self.last_loss: float | None = None
+        self.resumed_metrics: dict[str, Any] = {}  # the training metrics the resumed checkpoint recorded
 
     # --- set-up and resume -------------------------------------------------------------------
     @classmethod
-    def build(cls, recipe: Recipe) -> "Trainer":
-        """Collective: device, process group, task, engine, resume, loader, monitor, meters."""
+    def build(cls, recipe: Recipe, stop: StopFlag | None = None) -> "Trainer":
+        """Collective: device, process group, task, engine, resume, loader, monitor, meters.
+
+        ``stop``: the stop-signal flag, installed by the caller before this slow start-up."""
         cfg = recipe.train
-        if cfg.deterministic:
-            make_deterministic()
-        placement = rank_placement()
-        runtime = recipe.model_runtime
-        choice = kernels.KernelChoice(runtime.attention_backend, runtime.linear_backend)
-        choice.check_device(placement.device)
-        kernels.select(choice.attention, choice.linear)
-        comm = open_process_group(placement)
+        placement, comm = place_rank(recipe)
         run_dir = Path(recipe.run_dir)
-        ckpt_root = run_dir / "checkpoints"
-        if comm.rank == 0:
-            ckpt_root.mkdir(parents=True, exist_ok=True)
-            ckpt.clean_partial(ckpt_root)
-        comm.barrier()
+        last, changes = resume_point(recipe, comm)  # a recipe change a resume cannot honour stops here
         task = build_task(recipe)
         optimizer = build_optimizer(task, recipe.optim)
-        # The schedule is stepped here, not by DeepSpeed, so it advances once per training step in
-        # every configuration (DeepSpeed skips it on steps its own overflow check drops).
+        # The schedule is stepped by the trainer, not by DeepSpeed, so it advances once per training
+        # step in every configuration (DeepSpeed skips it on steps its own overflow check drops).
         scheduler = build_scheduler(optimizer, recipe.schedule, cfg.max_steps)
+        base_lrs = [group["initial_lr"] for group in optimizer.param_groups]  # from this recipe's optim.lr
         ds_config = build_ds_config(recipe)
         engine, _, _, _ = deepspeed.initialize(model=task, optimizer=optimizer, config=ds_config)
         task.place(placement.device)
-        step, data_state, last = 0, None, ckpt.latest_checkpoint(ckpt_root)
-        rng_warning = ""
-        if last is not None and recipe.checkpoint.resume == "auto":
+        step, data_state, meta, rng_warning = 0, None, {}, ""
+        if last is not None:
             meta, state = ckpt.load(engine, last, comm.world, placement.device)
             step, data_state, rng_warning = meta["step"], state["data"], state["rng_warning"]
-            restore_schedule(scheduler, state.get("scheduler"), step)
+            # The schedule follows from the recipe and the step: rebuilt there, from this recipe's
+            # learning rate (the optimizer's restored groups carry the old one).
+            for group, base in zip(optimizer.param_groups, base_lrs):
+                group["initial_lr"] = base
+            scheduler = build_scheduler(optimizer, recipe.schedule, cfg.max_steps, last_step=step)
         else:
             torch.manual_seed(cfg.seed * 1000 + comm.rank)  # per-rank randomness (dropout) after the shared init
         loader = build_loader(recipe.data.train, recipe.data, rank=comm.rank, world_size=comm.world,
@@ -140,21 +163,29 @@ class Trainer:
             monitor.print(f"corefm: {recipe.model_name}/{recipe.task_name}, {comm.world} rank(s) on "
                           f"{placement.device.type} ({placement.backend}), ZeRO-{recipe.deepspeed.zero_stage}, "
                           f"{recipe.deepspeed.precision}, {params:,} parameters"
-                          + (f", resumed from {last.name}" if step else ""))
+                          + (f", resumed from {last.name}" if last is not None else ""))
+            if changes:
+                monitor.print(f"corefm: resuming with a changed recipe: {recipe_diff.describe(changes)}")
+                monitor.record(step, "recipe_change", {k: list(v) for k, v in changes.items()})
             if rng_warning:
                 monitor.print(f"corefm: warning: {rng_warning}")
         dtype = torch.bfloat16 if recipe.deepspeed.precision == "bf16" else torch.float32
         meter = Throughput(cluster_peak(dtype, comm, placement.device))
         offload = ds_config.get("zero_optimization", {}).get("offload_optimizer", {}).get("device", "none")
         optimizer_device = torch.device("cpu") if offload in ("cpu", "nvme") else None
-        return cls(recipe, placement, comm, task, engine, optimizer, scheduler, loader, monitor, meter, step,
-                   optimizer_device)
+        trainer = cls(recipe, placement, comm, task, engine, optimizer, scheduler, loader, monitor, meter, step,
+                      optimizer_device, stop)
+        trainer.resumed_metrics = meta.get("train_metrics") or _recorded_losses(run_dir)
+        return trainer
 
     # --- the loop ----------------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
         """Train to ``train.max_steps`` (or until a stop signal); returns the final metrics (rank 0's)."""
         recipe = self.recipe
-        self.stop = _StopFlag()
+        self.stop = self.stop or StopFlag()
+        if self.stop_requested():  # during start-up: nothing was trained, so nothing new to save
+            return self.interrupted(f"corefm: stopped by signal before the first step; "
+                                    + (f"the latest checkpoint is step {self.step}" if self.step else "nothing to save"))
         while self.step < self.cfg.max_steps:
             self.train_step()
             self.step += 1
@@ -165,16 +196,24 @@ class Trainer:
                     and recipe.data.val:
                 with self.meter.paused():
                     self.monitor.log(self.step, self.evaluate(), kind="eval")
-            if self.comm.host_sum([float(self.stop.signal is not None)])[0] > 0:
+            if self.stop_requested():
                 self.save()
-                self.monitor.print(f"corefm: stopped by signal at step {self.step}; checkpoint saved; "
-                                   "run the same command again to resume")
-                self.monitor.close()
-                return {"step": self.step, "interrupted": True}
+                return self.interrupted(f"corefm: stopped by signal at step {self.step}; checkpoint saved; "
+                                        "run the same command again to resume")
             if recipe.checkpoint.every and self.step % recipe.checkpoint.every == 0 and self.step < self.cfg.max_steps:
                 with self.meter.paused():
                     self.save()
         return self.finish()
+
+    def stop_requested(self) -> bool:
+        """Collective (host values only): whether any rank got a stop signal."""
+        return self.comm.host_sum([float(self.stop.requested)])[0] > 0
+
+    def interrupted(self, message: str) -> dict[str, Any]:
+        self.monitor.print(message)
+        self.monitor.close()
+        self.loader.close()
+        return {"step": self.step, "interrupted": True}
 
     def train_step(self) -> None:
         """``grad_accum`` micro-batches forward and backward, then one optimizer step (skipped on every
@@ -212,8 +251,9 @@ class Trainer:
         self.last_loss = reduced.pop("last_loss")
         metrics = dict(reduced)
         metrics.update(lr=self.scheduler.get_last_lr()[0], **self.meter.read(tokens), last_loss=self.last_loss)
-        health = self.loader.stats()  # this rank's view; a warning names each bad shard as it is hit
-        metrics.update({k: v for k, v in health.items() if k.startswith("skipped") and v})
+        health = self.loader.stats()  # a warning names each bad shard and sample as it is hit
+        keys = ("skipped_shards", "skipped_samples")
+        metrics.update({k: v for k, v in zip(keys, self.comm.host_sum([health[k] for k in keys])) if v})  # all ranks
         self.metrics = metrics
         self.monitor.log(self.step, metrics)
         self.monitor.advance(0, {"loss": metrics["loss"]})
@@ -242,8 +282,13 @@ class Trainer:
             return
         self.check_nonfinite()  # a run told to stop on a non-finite loss stops before it saves
         self.saved_step = self.step
-        meta = {"step": self.step, "world_size": self.comm.world, "recipe": self.config_dict, "time": time.time()}
-        rank_state = {"data": self.loader.state_dict(), "scheduler": self.scheduler.state_dict()}
+        # The last logged training metrics: a run killed after its final checkpoint (during the final
+        # evaluation or export) and started again trains no step, and reports these.
+        train_metrics = {"loss": self.metrics.get("loss"), "last_loss": self.last_loss} if self.metrics \
+            else self.resumed_metrics
+        meta = {"step": self.step, "world_size": self.comm.world, "recipe": self.config_dict, "time": time.time(),
+                "train_metrics": train_metrics}
+        rank_state = {"data": self.loader.state_dict()}
         ckpt.save(self.engine, self.ckpt_root, self.step, rank_state, meta, self.recipe.checkpoint.keep_last,
                   self.placement.device)
 
@@ -252,11 +297,10 @@ class Trainer:
         self.save()
         final = {"step": self.step, "loss": self.metrics.get("loss"), "last_loss": self.last_loss}
         final_file = self.run_dir / "final.json"
-        if self.last_loss is None and final_file.is_file():
+        if self.last_loss is None:
             # A finished run started again trains no step and only re-evaluates: keep the training
-            # losses it recorded instead of overwriting them with nothing.
-            previous = json.loads(final_file.read_text())
-            final.update(loss=previous.get("loss"), last_loss=previous.get("last_loss"))
+            # losses its last checkpoint recorded instead of overwriting them with nothing.
+            final.update(loss=self.resumed_metrics.get("loss"), last_loss=self.resumed_metrics.get("last_loss"))
         if self.recipe.data.val:
             final["eval"] = self.evaluate()
             self.monitor.log(self.step, final["eval"], kind="eval")
@@ -272,18 +316,13 @@ class Trainer:
         return final
 
 
-def restore_schedule(scheduler: Any, state: dict[str, Any] | None, step: int) -> None:
-    """Load the schedule's state; a checkpoint from before corefm stepped the schedule itself (DeepSpeed
-    kept it) holds none, and LambdaLR's position is then just ``step`` steps from the start."""
-    if state is not None:
-        scheduler.load_state_dict(state)
-        return
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # "step() before optimizer.step()": replaying, not training
-        for _ in range(step):
-            scheduler.step()
+def _recorded_losses(run_dir: Path) -> dict[str, Any]:
+    """Checkpoints from before corefm stored the training metrics in them: final.json's, if any."""
+    final = run_dir / "final.json"
+    return {k: v for k, v in json.loads(final.read_text()).items() if k in ("loss", "last_loss")} \
+        if final.is_file() else {}
 
 
-def train(recipe: Recipe) -> dict[str, Any]:
+def train(recipe: Recipe, stop: StopFlag | None = None) -> dict[str, Any]:
     """Run (or resume) the recipe to ``train.max_steps``; returns the final metrics (rank 0's)."""
-    return Trainer.build(recipe).run()
+    return Trainer.build(recipe, stop).run()

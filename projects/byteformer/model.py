@@ -92,6 +92,7 @@ class ByteFormer(nn.Module):
     def __init__(self, cfg: ByteFormerConfig):
         super().__init__()
         self.cfg = cfg
+        self.num_classes = cfg.num_classes  # read by the task to check labels
         c = cfg.dim
         self.embed = nn.Embedding(PAD + 1, c, padding_idx=PAD)
         self.conv = nn.Conv1d(c, c, kernel_size=cfg.kernel_size, stride=cfg.stride, bias=False)

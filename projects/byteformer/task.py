@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from corefm.data.errors import SkipSample
 from corefm.errors import ConfigError
 from corefm.registry import register_task
-from corefm.tasks.base import Task
+from corefm.tasks.base import Task, model_num_classes, read_label
 from projects.byteformer.model import PAD
 from projects.byteformer.pipeline import MODALITIES, BytePipeline
 
@@ -68,9 +68,10 @@ def collate_bytes(samples: list[dict]) -> dict[str, torch.Tensor]:
 class SampleTransform:
     """Picklable ``raw shard sample -> {"bytes", "modality", "label"}`` for the loader's workers."""
 
-    def __init__(self, cfg: ByteClassificationConfig, max_bytes: int, train: bool, labelled: bool = True):
+    def __init__(self, cfg: ByteClassificationConfig, max_bytes: int, train: bool, labelled: bool = True,
+                 num_classes: int | None = None):
         self.pipeline = BytePipeline(cfg, max_bytes, train)
-        self.offset, self.labelled = cfg.audio_label_offset, labelled
+        self.offset, self.labelled, self.num_classes = cfg.audio_label_offset, labelled, num_classes
 
     def __call__(self, sample: dict) -> dict:
         if self.labelled and "cls" not in sample:
@@ -78,9 +79,9 @@ class SampleTransform:
         data, modality = self.pipeline(sample)
         out = {"bytes": data, "modality": modality}
         if self.labelled:
-            cls = sample["cls"]
-            cls = int(cls.decode("ascii").strip()) if isinstance(cls, (bytes, bytearray)) else int(cls)
-            out["label"] = cls + (self.offset if modality == 1 else 0)
+            where = f"sample {sample.get('__key__')}"
+            out["label"] = read_label(read_label(sample["cls"], None, where) + (self.offset if modality == 1 else 0),
+                                      self.num_classes, where)
         return out
 
 
@@ -92,7 +93,7 @@ class ByteClassificationTask(Task):
 
     def sample_transform(self, train: bool, labelled: bool = True) -> Callable[[dict], dict]:
         try:
-            return SampleTransform(self.cfg, self.max_bytes, train, labelled)
+            return SampleTransform(self.cfg, self.max_bytes, train, labelled, model_num_classes(self.model))
         except ValueError as e:
             raise ConfigError(str(e)) from None
 

@@ -30,6 +30,7 @@ class ViTClassifier(nn.Module):
     def __init__(self, cfg: ViTClassifierConfig):
         super().__init__()
         self.cfg = cfg
+        self.num_classes = cfg.num_classes  # read by the classification task to check labels
         self.tower = VisionTransformer(cfg.image_size, cfg.patch_size, cfg.width, cfg.layers, cfg.heads,
                                        mlp_ratio=cfg.mlp_ratio, in_chans=cfg.in_chans, pool=cfg.pool)
         self.tower.gradient_checkpointing = cfg.gradient_checkpointing

@@ -6,6 +6,6 @@ from __future__ import annotations
 def tiny_model_args(**extra) -> dict:
     """A ByteFormer small enough for a unit test that still has shifts, merges and several windows."""
     args = dict(dim=32, heads=2, ffn_dim=64, layers=4, window_size=8, merge_after=[0, 1], kernel_size=4,
-                max_bytes=20000, num_classes=5)
+                max_bytes=20000, num_classes=10)
     args.update(extra)
     return args

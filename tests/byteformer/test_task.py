@@ -43,7 +43,7 @@ def test_fhwc_resize_and_rgb():
 
 @pytest.mark.parametrize("dtype,per_sample", [("float32", 4), ("int16", 2), ("uint8", 1)])
 def test_audio_sample_becomes_a_fixed_length_wav(dtype, per_sample):
-    t = task(model={"max_bytes": 20000}, audio_encoding="wav", wav_dtype=dtype, audio_seconds=0.5,
+    t = task(model={"max_bytes": 20000, "num_classes": 20}, audio_encoding="wav", wav_dtype=dtype, audio_seconds=0.5,
              audio_label_offset=10)
     out = t.sample_transform(True)(audio_sample(cls=7))
     assert sniff(bytes(out["bytes"])) == "wav" and out["modality"] == 1 and out["label"] == 17

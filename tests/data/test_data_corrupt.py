@@ -143,3 +143,14 @@ def test_one_line_unwraps_a_dataloader_worker_message():
     )
     assert one_line(wrapped) == "3 of 4 shards unreadable"
     assert isinstance(wrapped, CorefmError)  # the CLI prints CorefmErrors as one line
+
+
+def test_a_stream_with_no_usable_data_says_so(shard_dir, shard_spec):
+    for name in os.listdir(shard_dir):
+        if name.endswith(".tar"):
+            _truncate(os.path.join(shard_dir, name))
+    cfg = DataConfig(num_workers=0, check_manifest=False, max_skip_fraction=1.0)
+    loader = build_loader(shard_spec, cfg, rank=0, world_size=1, batch_size=200, map_fn=map_index)
+    with pytest.raises(DataError, match="its data is unusable") as err:
+        next(loader)
+    assert "fewer workers" not in str(err.value)

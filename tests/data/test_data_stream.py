@@ -78,25 +78,36 @@ def test_too_few_shards_for_plain_epochs(shard_spec):
     assert len(take(loader, 4)) == 4
 
 
-def test_skip_sample_is_counted_other_errors_propagate(shard_spec):
+def test_skipped_samples_are_counted_under_the_bound(shard_spec):
     def picky(raw):
         sample = map_index(raw)
         if sample["idx"] % 10 == 0:
             raise SkipSample("caption too short")
+        if sample["idx"] % 10 == 5:
+            int("abc")  # a sample's bad value (ValueError) is skipped like SkipSample
         return sample
 
-    loader = build_loader(shard_spec, DataConfig(num_workers=2, shuffle_buffer=0), rank=0, world_size=1, batch_size=5, map_fn=picky)
-    # each of the 2 roles reads 4 shards (100 samples, 90 kept) = 18 batches in epoch 0
-    seen = indices([next(loader) for _ in range(36)])
-    assert all(i % 10 for i in seen) and len(set(seen)) == 180
-    assert loader.stats()["skipped_samples"] >= 20
+    cfg = DataConfig(num_workers=2, shuffle_buffer=0, max_skip_fraction=0.25)
+    loader = build_loader(shard_spec, cfg, rank=0, world_size=1, batch_size=5, map_fn=picky)
+    # each of the 2 roles reads 4 shards (100 samples, 80 kept) = 16 batches in epoch 0
+    seen = indices([next(loader) for _ in range(32)])
+    assert all(i % 5 for i in seen) and len(set(seen)) == 160
+    assert loader.stats()["skipped_samples"] >= 40
     loader.close()
+    # 20% unusable against the default bound of 5%: one line naming the last one and why
+    loader = build_loader(shard_spec, DataConfig(num_workers=0, shuffle_buffer=0), rank=0, world_size=1,
+                          batch_size=5, map_fn=picky)
+    with pytest.raises(DataError, match=r"6 of \d+ samples unusable \(bound 5%\); the last: sample sample\d+ of .*"
+                                        r"(caption too short|ValueError: invalid literal)"):
+        [next(loader) for _ in range(40)]
 
-    def broken(raw):
-        raise KeyError("jpg")
 
-    loader = build_loader(shard_spec, DataConfig(num_workers=0), rank=0, world_size=1, batch_size=5, map_fn=broken)
-    with pytest.raises(KeyError):
+def test_a_data_config_error_inside_map_fn_stops_the_run(shard_spec):
+    def misconfigured(raw):
+        raise DataError("task.prompts is 4 but the shards store 2")
+
+    loader = build_loader(shard_spec, DataConfig(num_workers=0), rank=0, world_size=1, batch_size=5, map_fn=misconfigured)
+    with pytest.raises(DataError, match="task.prompts is 4"):
         next(loader)
 
 

@@ -47,3 +47,16 @@ def losses(run_dir: Path) -> dict[int, float]:
 
 def final(run_dir: Path) -> dict:
     return json.loads((run_dir / "final.json").read_text())
+
+
+def error_line(r: subprocess.CompletedProcess, *expected: str) -> str:
+    """The bad-input contract: exit code 2, exactly one ``corefm: error: ...`` line on stderr, no
+    traceback; the line holds every ``expected`` fragment. Returns the line."""
+    lines = [line for line in r.stderr.strip().splitlines() if line.strip()]
+    errors = [line for line in lines if line.startswith("corefm: error:")]
+    assert r.returncode == 2, f"exit {r.returncode}, not 2:\n{r.stderr[-3000:]}"
+    assert len(errors) == 1, r.stderr[-3000:]
+    assert "Traceback" not in r.stderr, r.stderr[-3000:]
+    for fragment in expected:
+        assert fragment in errors[0], f"{fragment!r} not in {errors[0]!r}"
+    return errors[0]

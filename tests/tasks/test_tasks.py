@@ -1,6 +1,7 @@
 """Generic tasks: losses match their formulas, padding is ignored, eval sums reduce to metrics."""
 
 import math
+import re
 
 import numpy as np
 import pytest
@@ -53,6 +54,44 @@ def test_causal_lm_transform_reads_npy_and_crops():
     assert out["tokens"].tolist() == [0, 1, 2, 3]
     with pytest.raises(SkipSample):
         fn({"__key__": "b", "txt": "no tokens"})
+
+
+def _npy(array: np.ndarray) -> bytes:
+    import io
+
+    buf = io.BytesIO()
+    np.save(buf, array, allow_pickle=True)
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("tokens,reason", [
+    (np.arange(12, dtype=np.int64).reshape(3, 4), "must be a 1-D integer array, got 2-D int64"),
+    (np.array([1.0, 2.0, -0.3, -0.3]), "must be a 1-D integer array, got 1-D float64"),
+    (np.array([1, "a", None], dtype=object), "does not load without pickle"),
+    (np.array([1, 2, 11, 3]), "token id 11 >= the model's vocabulary (11)"),
+    (np.array([5]), "holds 1 token(s)"),
+])
+def test_causal_lm_skips_token_arrays_it_cannot_train_on(tokens, reason):
+    from projects.openelm.config import OpenELMConfig
+    from projects.openelm.model import OpenELM
+
+    model = OpenELM(OpenELMConfig(num_transformer_layers=1, model_dim=32, head_dim=16, num_gqa_groups=1,
+                                  vocab_size=11, max_context_length=16, qkv_multipliers=1.0, ffn_multipliers=1.0))
+    fn = CausalLMTask(CausalLMConfig(), model).sample_transform(train=True)
+    with pytest.raises(SkipSample, match=re.escape(reason)):
+        fn({"__key__": "k", "tokens.npy": _npy(tokens)})
+    assert fn({"__key__": "k", "tokens.npy": _npy(np.array([1, 2, -1], dtype=np.int16))})["tokens"].dtype == torch.int64
+
+
+@pytest.mark.parametrize("label,reason", [(b"abc", "label b'abc' is not an integer"),
+                                          (b"37", "label 37 is outside 0..9"), (b"-1", "label -1 is outside 0..9")])
+def test_classification_skips_labels_outside_the_models_classes(label, reason):
+    from projects.vit.model import ViTClassifier, ViTClassifierConfig
+
+    model = ViTClassifier(ViTClassifierConfig(image_size=4, patch_size=2, in_chans=1, width=8, layers=1, heads=1))
+    fn = ClassificationTask(ClassificationConfig(image_size=4, channels=1), model).sample_transform(train=False)
+    with pytest.raises(SkipSample, match=re.escape(reason)):
+        fn({"__key__": "k", "npy": np.zeros((4, 4), np.uint8), "cls": label})
 
 
 def test_classification_transform_and_metrics():
