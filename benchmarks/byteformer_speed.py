@@ -129,7 +129,7 @@ def side_by_side(name: str, bf_cfg: ByteFormerConfig, vit_cfg: ViTClassifierConf
 
 
 def scaling(lengths: list[int], seconds: float) -> list[dict]:
-    cfg = ByteFormerConfig(size="tiny", max_bytes=max(lengths))
+    cfg = ByteFormerConfig(max_bytes=max(lengths))
     model = ByteFormer(cfg).eval()
     rows = []
     for n in lengths:
@@ -190,7 +190,7 @@ def main() -> None:
                          ViTClassifierConfig(image_size=28, patch_size=4, in_chans=1, width=64, layers=6, heads=2,
                                              pool="mean"), 28, 1, 32, args.seconds)
     if not args.quick:
-        speed += side_by_side("paper, 224x224 RGB", ByteFormerConfig(size="tiny", max_bytes=151_000),
+        speed += side_by_side("paper, 224x224 RGB", ByteFormerConfig(max_bytes=151_000),
                               ViTClassifierConfig(image_size=224, patch_size=16, in_chans=3, width=192, layers=12,
                                                   heads=3), 224, 3, 4, args.seconds)
     lengths = [1024, 4096, 16384, 65536] if args.quick else [4096, 16384, 65536, 262144]

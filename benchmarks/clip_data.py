@@ -38,8 +38,8 @@ RECIPE = os.path.join(os.path.dirname(HERE), "projects/clip_pseudo/configs/fashi
 
 
 def make_shards(out: Path, limit: int) -> str:
-    from data_tools.image_text import build
-    from data_tools.pseudo_label import run
+    from projects.clip_pseudo.data.image_text import build
+    from projects.clip_pseudo.data.pseudo_label import run
 
     build("fashion-mnist", out / "it", samples_per_shard=max(1, limit // 8), limit=limit)
     run(out / "it" / "train", out / "pl", "otsu-seg,canny", workers=1)

@@ -41,17 +41,14 @@ def main(argv: list[str] | None = None) -> dict:
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    from corefm.registry import load_projects
-
-    load_projects()
-    from projects.sam_clip.evaluate import _default, load_student, recipe_task
+    from projects.sam_clip.evaluate import load_student, recipe_task, teacher_spec
     from projects.sam_clip.teachers import ClipTeacher, SamTeacher
 
     path = Path(args.student)
     recipe, student = load_student(path)
     written = recipe_task(path)
-    clip_t = ClipTeacher(_default(path, args.clip_teacher, written.get("clip_teacher", ""), "clip_teacher"))
-    sam_t = SamTeacher(_default(path, args.sam_teacher, written.get("sam_teacher", ""), "sam_teacher/sam.pth"))
+    clip_t = ClipTeacher(teacher_spec(path, args.clip_teacher, written.get("clip_teacher", ""), "clip_teacher"))
+    sam_t = SamTeacher(teacher_spec(path, args.sam_teacher, written.get("sam_teacher", ""), "sam_teacher/sam.pth"))
     size, tsize = student.cfg.img_size, clip_t.image_size[0]
     clip_size = recipe.task.clip_image_size or size
 

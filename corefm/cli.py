@@ -1,13 +1,14 @@
-"""The ``corefm`` command: train, eval, export, release and data tools.
+"""The ``corefm`` command: ``corefm train|eval|export|release|data ...`` and ``corefm PROJECT VERB``.
 
-Projects plug in by defining ``add_cli(commands, data_commands)`` in their package ``__init__``
-(called with the top-level and the ``corefm data`` sub-command tables); their models, tasks and
-release writers register on import.
+Projects plug in through pyproject.toml's ``corefm.commands`` entry points: ``name =
+"module:add_cli"``, where ``add_cli(sub)`` adds its verbs to the ``corefm name`` table (see
+:mod:`corefm.registry`). corefm imports no project module except the one a command names.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import sys
 from pathlib import Path
@@ -41,8 +42,8 @@ def _add_train(sub) -> None:
 def cmd_train(args: argparse.Namespace) -> int:
     from corefm.data.urls import expand_urls
     from corefm.train.config import load_recipe
+    from corefm.train.launcher import LaunchSpec, check_spec, launch
     from corefm.train.run_lock import RunLock
-    from launch.runner import LaunchSpec, check_spec, launch
 
     # Validate in this process so a typo or a missing shard costs one line, not N tracebacks.
     spec = LaunchSpec(nproc=args.nproc, nnodes=args.nnodes, node_rank=args.node_rank,
@@ -119,25 +120,31 @@ def cmd_release(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from corefm.registry import load_projects
+def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
+    """corefm's own verbs, ``corefm data ...``, and one group per declared project command.
 
-    parser = argparse.ArgumentParser(prog="corefm", description="Train, evaluate and release corefm models.",
-                                     epilog=EPILOG)
+    A project's group is filled (its cli module imported) only when ``argv`` names it, so
+    ``corefm train`` and ``corefm --help`` import no project.
+    """
+    from corefm.data.cli import add_cli as add_data_cli
+    from corefm.registry import declared
+
+    parser = argparse.ArgumentParser(prog="corefm", description="Train, evaluate and release corefm models. "
+                                     "`corefm PROJECT --help` lists a project's tools.", epilog=EPILOG)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_train(sub)
     _add_eval(sub)
     _add_export(sub)
     _add_release(sub)
-    from data_tools.cli import add_cli as add_data_cli
-
-    data_sub = add_data_cli(sub)
-    load_projects()
-    import projects
-
-    for name, module in sorted(vars(projects).items()):
-        if hasattr(module, "add_cli") and not name.startswith("_"):
-            module.add_cli(sub, data_sub)
+    add_data_cli(sub)
+    for name, ep in sorted(declared("command").items()):
+        if argv and argv[0] == name:
+            module = importlib.import_module(ep.module)
+            p = sub.add_parser(name, help=getattr(module, "HELP", ""), description=getattr(module, "HELP", None),
+                               epilog=EPILOG)
+            ep.load()(p.add_subparsers(dest=f"{name}_command", required=True, metavar="COMMAND"))
+        else:
+            sub.add_parser(name, help=f"{name} project tools (corefm {name} --help)")
     return parser
 
 
@@ -154,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
 
     quiet_libraries()
     try:
-        parser = build_parser()
+        parser = build_parser(argv)
         args = parser.parse_args(argv)
         return args.func(args)
     except CorefmError as e:

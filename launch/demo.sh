@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# The README's first command: set up, build the default shards, train the default recipe on
-# 2 CPU ranks through DeepSpeed, print loss and held-out accuracy.
+# The README's first command: set up, then the OpenELM Shakespeare demo (projects/openelm/demo.sh):
+# LLaMA-token shards of Shakespeare, a 6-layer OpenELM trained on 2 CPU ranks through DeepSpeed,
+# validation perplexity against the unigram baseline, a release folder (dry run) and a sample.
+# Extra arguments go to `corefm train`. The quickest smoke run is launch/smoke.sh.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash launch/setup.sh
-[ -f data/digits/val/dataset.json ] || .venv/bin/corefm data images --source digits --out data/digits
-exec .venv/bin/corefm train projects/vit/configs/digits_tiny.yaml --nproc "${NPROC:-2}" "$@"
+exec bash projects/openelm/demo.sh "$@"

@@ -30,6 +30,6 @@ def require_installed(ok: bool, what: str) -> None:
 
 def require_fashion_mnist() -> None:
     """Skip (fail under CI) when Debian's Fashion-MNIST package is not installed."""
-    from data_tools.images import FASHION_ROOT
+    from corefm.data.image_sets import FASHION_ROOT
 
     require_installed((FASHION_ROOT / "train-images-idx3-ubyte.gz").is_file(), "Debian's dataset-fashion-mnist")

@@ -36,11 +36,11 @@ export COREFM_CACHE=${COREFM_CACHE:-$HOME/.cache/corefm}
 D=.gpucheck/data
 C=".venv/bin/corefm"
 if [ ! -f $D/fmnist-pl/val/dataset.json ]; then
-  $C data image-text --source fashion-mnist --out $D/fmnist-it --samples-per-shard 250 --limit 1500
+  $C clip image-text --source fashion-mnist --out $D/fmnist-it --samples-per-shard 250 --limit 1500
   for split in train val; do
-    $C data pseudo-label --in $D/fmnist-it/$split --out $D/fmnist-pl/$split --experts otsu-seg,canny --workers 2
+    $C clip pseudo-label --in $D/fmnist-it/$split --out $D/fmnist-pl/$split --experts otsu-seg,canny --workers 2
   done
   rm -rf $D/fmnist-it
 fi
-[ -f $D/shakespeare/val/dataset.json ] || $C data shakespeare --out $D/shakespeare
+[ -f $D/shakespeare/val/dataset.json ] || $C openelm shakespeare --out $D/shakespeare
 echo "data in .gpucheck/: $(du -sh .gpucheck | cut -f1)"

@@ -129,7 +129,7 @@ def project_runs(args, project: str, out: Path) -> list[Run]:
 def sam_clip_distill(args, out: Path) -> Run:
     """Both teachers online: the SAM teacher from sam_clip_z1 (exported), the CLIP one from clip_z1's release."""
     sam = out / "sam_clip_z1" / "sam.pth"
-    subprocess.run(corefm("sam-clip-export-sam", str(out / "sam_clip_z1"), str(sam)), cwd=ROOT, check=True,
+    subprocess.run(corefm("sam-clip", "export-sam", str(out / "sam_clip_z1"), str(sam)), cwd=ROOT, check=True,
                    capture_output=True)
     data = Path(args.data)
     sets = {"train.max_steps": args.steps, "log.every": max(1, args.steps // 5), "eval.max_batches": 4,
@@ -206,7 +206,7 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     if "vit" in projects and not (Path(args.data) / "digits/val/dataset.json").is_file():
-        from data_tools.images import build
+        from corefm.data.image_sets import build
 
         build("digits", Path(args.data) / "digits")
     # The GPU does the arithmetic; one thread per run keeps many concurrent runs off each other's cores.

@@ -3,7 +3,7 @@
 Schema (format "corefm-shards/1"):
 
     {"format": "corefm-shards/1",
-     "producer": {"name": "data_tools.folder", "version": "0.1.0", "args": {...}},
+     "producer": {"name": "corefm.data.image_sets", "version": "0.1.0", "args": {...}},
      "keys": ["cls", "jpg", "txt"],                      # extension keys found in the samples
      "shards": [{"name": "train-000000.tar", "samples": 25, "bytes": 20480, "sha256": "..."}],
      "total_samples": 200,

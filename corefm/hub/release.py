@@ -4,7 +4,8 @@ The generic release holds ``model.safetensors`` (fp32, names as the model's stat
 ``config.json`` (the recipe's model section, with ``corefm_model`` naming the registered
 builder), ``recipe.json`` and a generated ``README.md`` model card. Projects whose users expect
 another layout (OpenELM for ``transformers``, CLIP for ``open_clip``) register their own writer
-with :func:`register_release`.
+with :func:`register_release` in the module their ``corefm.releases`` entry point names (see
+:mod:`corefm.registry`); a model that declares none gets the generic writer.
 """
 
 from __future__ import annotations
@@ -15,7 +16,8 @@ import shutil
 from pathlib import Path
 from typing import Callable
 
-from corefm.errors import CheckpointError, CorefmError
+from corefm.errors import CheckpointError, ConfigError, CorefmError
+from corefm.registry import MODELS, declared, import_declared
 from corefm.train.config import model_architecture
 
 ReleaseWriter = Callable[[Path, Path, dict], list[Path]]
@@ -28,6 +30,21 @@ def register_release(model_name: str):
         WRITERS[model_name] = fn
         return fn
     return wrap
+
+
+def writer_for(model_name: str) -> ReleaseWriter:
+    """The release writer a model declares (importing only its module); the generic writer for a
+    known model that declares none. An unknown model name, or a declared writer that does not
+    register, is an error rather than a generic release in the wrong layout."""
+    if model_name not in WRITERS:
+        ep = import_declared("release", model_name)
+        if ep is not None and model_name not in WRITERS:
+            raise CorefmError(f"{ep.module} is declared as the release writer of model {model_name!r} "
+                              "but did not register one")
+        if ep is None and model_name not in MODELS and model_name not in declared("model"):
+            known = sorted(set(MODELS) | set(declared("model")))
+            raise ConfigError(f"release: unknown model {model_name!r} in the run's recipe (known: {', '.join(known)})")
+    return WRITERS.get(model_name, write_generic)
 
 
 def read_run(run_dir: Path) -> tuple[dict, dict]:
@@ -92,7 +109,7 @@ def write_generic(run_dir: Path, out_dir: Path, recipe: dict, title: str = "", e
 def release(run_dir: Path, out_dir: Path, push: str = "", private: bool = False) -> list[Path]:
     """Write the release folder; with ``push="org/name"`` upload it, else print a dry run."""
     recipe, _ = read_run(run_dir)
-    writer = WRITERS.get(recipe["model"]["name"], write_generic)
+    writer = writer_for(recipe["model"]["name"])
     files = writer(run_dir, out_dir, recipe)
     if push:
         token = os.environ.get("HF_TOKEN") or os.environ.get("HUGGING_FACE_HUB_TOKEN")

@@ -8,12 +8,30 @@ metrics.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Callable
 
 import torch
 from torch import nn
 
 from corefm.data.errors import SkipSample
+
+
+@dataclass(frozen=True)
+class TaskContext:
+    """What a task builder receives besides its own config and the model: the data it will read and
+    what the trainer decided for the run. Tasks never see the whole recipe; the device comes later,
+    through :meth:`Task.place`, once the engine holds the task.
+
+    ``train_data`` / ``val_data``: the shard specs (a folder, manifest or brace pattern; "" when the
+    run has none, e.g. no held-out set). ``dtype``: the compute dtype batches are cast to.
+    ``zero_stage``: the DeepSpeed ZeRO stage the task will be wrapped under.
+    """
+
+    train_data: str = ""
+    val_data: str = ""
+    dtype: torch.dtype = torch.float32
+    zero_stage: int = 0
 
 
 def read_label(value: Any, num_classes: int | None, where: str) -> int:
@@ -63,6 +81,12 @@ class Task(nn.Module):
     def place(self, device: torch.device) -> None:
         """Called once the engine holds the task on ``device``: move there what the task keeps outside
         its module tree (frozen teachers, class embeddings). Default: nothing to move."""
+
+    def external_parameters(self) -> list[nn.Parameter]:
+        """Parameters this task's own ``forward`` reads outside the forwards of the modules that own
+        them. Under ZeRO-3 the trainer registers them with the engine so they are gathered for the
+        task's forward (otherwise they are partitioned away when it reads them). Default: none."""
+        return []
 
     def param_lr_scales(self) -> dict[str, float]:
         """{parameter name (as in ``named_parameters()``): lr multiplier}; unnamed parameters get 1.0."""

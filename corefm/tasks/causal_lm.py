@@ -19,7 +19,7 @@ import torch
 
 from corefm.data.errors import SkipSample
 from corefm.registry import register_task
-from corefm.tasks.base import Task
+from corefm.tasks.base import Task, TaskContext
 from corefm.tasks.lm_loss import cross_entropy_z, eval_sums
 
 
@@ -83,5 +83,5 @@ class CausalLMTask(Task):
 
 
 @register_task("causal_lm", CausalLMConfig)
-def build_causal_lm(cfg: CausalLMConfig, model: torch.nn.Module, recipe: Any) -> Task:
+def build_causal_lm(cfg: CausalLMConfig, model: torch.nn.Module, context: TaskContext) -> Task:
     return CausalLMTask(cfg, model)

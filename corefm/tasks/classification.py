@@ -1,11 +1,14 @@
 """Image classification: cross-entropy on ``cls`` labels, accuracy on held-out shards.
 
 Shards hold an image (``png``/``jpg``/... or ``npy`` array) and an integer ``cls``. The model is
-any ``nn.Module`` mapping ``(B, C, H, W)`` float images to ``(B, num_classes)`` logits.
+any ``nn.Module`` mapping ``(B, C, H, W)`` float images to ``(B, num_classes)`` logits. A model that
+declares its input (``image_size``, ``in_chans`` attributes) sets the task's image side and channels;
+a task section that names them too must agree.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import io
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -16,16 +19,19 @@ import torch.nn.functional as F
 from PIL import Image
 
 from corefm.data.errors import SkipSample
+from corefm.errors import ConfigError
 from corefm.registry import register_task
-from corefm.tasks.base import Task, model_num_classes, read_label
+from corefm.tasks.base import Task, TaskContext, model_num_classes, read_label
 
 IMAGE_KEYS = ("png", "jpg", "jpeg", "webp", "bmp", "tiff", "tif", "ppm")
 
 
 @dataclass
 class ClassificationConfig:
-    image_size: int = 32
-    channels: int = 3
+    # Images are resized to this square side and converted to this many channels (1 or 3); None
+    # takes the model's (its image_size / in_chans), which a model that declares them requires.
+    image_size: int | None = None
+    channels: int | None = None
     mean: float = 0.5
     std: float = 0.5
     label_smoothing: float = 0.0
@@ -92,6 +98,24 @@ class ClassificationTask(Task):
         return {"accuracy": sums["correct"] / n, "loss": sums["loss_sum"] / n, "samples": sums["count"]}
 
 
+def input_from_model(cfg: Any, model: torch.nn.Module, defaults: dict[str, int]) -> Any:
+    """``cfg`` with each of its input fields (``image_size``, ``channels``) that is None taken from the
+    model (``image_size``, ``in_chans``), else from ``defaults``; a field set to something the model
+    contradicts is a one-line error (the model's value is the one the weights were built for)."""
+    values = {}
+    for field, attr in (("image_size", "image_size"), ("channels", "in_chans")):
+        ours, theirs = getattr(cfg, field), getattr(model, attr, None)
+        if ours is not None and theirs is not None and ours != theirs:
+            raise ConfigError(f"task.{field} is {ours} but model.{attr} is {theirs}: leave task.{field} out "
+                              "(it follows the model) or make them equal")
+        values[field] = ours if ours is not None else theirs if theirs is not None else defaults[field]
+    if values["channels"] not in (1, 3):
+        raise ConfigError(f"task.channels must be 1 or 3, got {values['channels']}")
+    if values["image_size"] < 1:
+        raise ConfigError(f"task.image_size must be positive, got {values['image_size']}")
+    return dataclasses.replace(cfg, **values)
+
+
 @register_task("classification", ClassificationConfig)
-def build_classification(cfg: ClassificationConfig, model: torch.nn.Module, recipe: Any) -> Task:
-    return ClassificationTask(cfg, model)
+def build_classification(cfg: ClassificationConfig, model: torch.nn.Module, context: TaskContext) -> Task:
+    return ClassificationTask(input_from_model(cfg, model, {"image_size": 32, "channels": 3}), model)

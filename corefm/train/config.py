@@ -80,7 +80,7 @@ def model_architecture(model_section: dict) -> dict:
 class DeepSpeedConfig:
     zero_stage: Literal[0, 1, 2, 3] = 2
     precision: Literal["fp32", "bf16"] = "fp32"
-    # Extra ds_config keys merged over the preset (launch/ds_configs/zero<N>.json).
+    # Extra ds_config keys merged over the preset (corefm/train/ds_configs/zero<N>.json).
     config: dict = field(default_factory=dict)
     config_file: str = ""
 
@@ -144,7 +144,8 @@ def _convert(value: Any, tp: Any, key: str) -> Any:
     if dataclasses.is_dataclass(tp):
         return from_dict(tp, value, key)
     if origin is Literal:
-        if value not in typing.get_args(tp) or type(value) is bool and True not in typing.get_args(tp):
+        # Compared with the type too: True == 1 and 1.0 == 1 in Python, but `zero_stage: true` is no stage.
+        if not any(type(value) is type(arg) and value == arg for arg in typing.get_args(tp)):
             raise ConfigError(f"{key}: {value!r} is not {_type_name(tp)}")
         return value
     if origin in (typing.Union, types.UnionType):
@@ -221,12 +222,33 @@ def from_dict(cls: type, data: Any, prefix: str = "", also_valid: tuple[str, ...
     return cls(**kwargs)
 
 
+def apply_preset(section: str, entry: Any, body: dict) -> dict:
+    """``body`` over the fields of the preset it names (``preset: NAME``): every key the recipe writes
+    wins, even one equal to the dataclass default. Without ``preset`` the body is returned as is."""
+    if "preset" not in body:
+        return body
+    body = dict(body)
+    name = body.pop("preset")
+    if not entry.presets:
+        raise ConfigError(f"{section}.preset: {section} {entry.name!r} has no presets")
+    try:
+        fields = entry.presets[name] if isinstance(name, str) else None
+    except KeyError:
+        fields = None
+    if fields is None:
+        known = list(entry.presets)
+        listed = ", ".join(map(str, known[:12])) + (f", ... ({len(known)} in all)" if len(known) > 12 else "")
+        raise ConfigError(f"{section}.preset: unknown {entry.name} preset {name!r} (known: {listed})")
+    return {**fields, **body}
+
+
 def _named(section: str, table: dict, raw: Any, also_valid: tuple[str, ...] = ()) -> Any:
     if not isinstance(raw, dict) or "name" not in raw:
         raise ConfigError(f"{section}: needs a 'name' key naming a registered {section}")
     body = dict(raw)
     entry = lookup(table, section, body.pop("name"))
-    cfg = from_dict(entry.config_cls, body, section, also_valid)
+    valid = (*also_valid, "preset") if entry.presets else also_valid
+    cfg = from_dict(entry.config_cls, apply_preset(section, entry, body), section, valid)
     return entry.name, cfg
 
 

@@ -18,8 +18,8 @@ def _merge(base: dict, extra: dict) -> dict:
 
 
 def load_preset(zero_stage: int) -> dict:
-    """The ds_config preset shipped in ``launch/ds_configs/zero<N>.json``."""
-    text = resources.files("launch").joinpath("ds_configs", f"zero{zero_stage}.json").read_text()
+    """The ds_config preset shipped beside the trainer, ``corefm/train/ds_configs/zero<N>.json``."""
+    text = resources.files("corefm.train").joinpath("ds_configs", f"zero{zero_stage}.json").read_text()
     return json.loads(text)
 
 

@@ -1,6 +1,6 @@
 """The training loop on ``deepspeed.initialize``: task-agnostic, resumable, interruptible, device-aware.
 
-One :class:`Trainer` runs on every rank (launched by :mod:`launch.runner`). :meth:`Trainer.build`
+One :class:`Trainer` runs on every rank (launched by :mod:`corefm.train.launcher`). :meth:`Trainer.build`
 places the rank on its device (``LOCAL_RANK``'s GPU, or the CPU), opens the process group, builds
 task, optimizer, schedule and engine, and resumes from the newest checkpoint; :meth:`Trainer.run`
 then repeats :meth:`train_step` (``grad_accum`` micro-batches, moved to the device in one place,
@@ -27,7 +27,7 @@ from corefm.errors import ConfigError, TrainingError
 from corefm.nn import kernels
 from corefm.train import checkpoint as ckpt
 from corefm.train import recipe_diff
-from corefm.train.build import build_task
+from corefm.train.build import build_task, compute_dtype, register_external_parameters
 from corefm.train.comm import Comm
 from corefm.train.config import Recipe, parse_recipe, recipe_to_dict
 from corefm.train.ds_config import build_ds_config
@@ -107,7 +107,7 @@ class Trainer:
         self.task, self.engine, self.optimizer, self.scheduler = task, engine, optimizer, scheduler
         self.loader, self.monitor, self.meter = loader, monitor, meter
         self.cfg = recipe.train
-        self.dtype = torch.bfloat16 if recipe.deepspeed.precision == "bf16" else torch.float32
+        self.dtype = compute_dtype(recipe)
         self.run_dir = Path(recipe.run_dir)
         self.ckpt_root = self.run_dir / "checkpoints"
         self.config_dict = recipe_to_dict(recipe)
@@ -139,6 +139,7 @@ class Trainer:
         scheduler = build_scheduler(optimizer, recipe.schedule, cfg.max_steps)
         base_lrs = [group["initial_lr"] for group in optimizer.param_groups]  # from this recipe's optim.lr
         ds_config = build_ds_config(recipe)
+        register_external_parameters(task, recipe.deepspeed.zero_stage)
         engine, _, _, _ = deepspeed.initialize(model=task, optimizer=optimizer, config=ds_config)
         task.place(placement.device)
         step, data_state, meta, rng_warning = 0, None, {}, ""
@@ -169,8 +170,7 @@ class Trainer:
                 monitor.record(step, "recipe_change", {k: list(v) for k, v in changes.items()})
             if rng_warning:
                 monitor.print(f"corefm: warning: {rng_warning}")
-        dtype = torch.bfloat16 if recipe.deepspeed.precision == "bf16" else torch.float32
-        meter = Throughput(cluster_peak(dtype, comm, placement.device))
+        meter = Throughput(cluster_peak(compute_dtype(recipe), comm, placement.device))
         offload = ds_config.get("zero_optimization", {}).get("offload_optimizer", {}).get("device", "none")
         optimizer_device = torch.device("cpu") if offload in ("cpu", "nvme") else None
         trainer = cls(recipe, placement, comm, task, engine, optimizer, scheduler, loader, monitor, meter, step,

@@ -1,6 +1,6 @@
 """Entry point of one training process: ``python -m corefm.train.worker RECIPE [--set k=v ...]``.
 
-Started by :mod:`launch.runner` (or torchrun / DeepSpeed's launcher, which set the same
+Started by :mod:`corefm.train.launcher` (or torchrun / DeepSpeed's launcher, which set the same
 ``RANK``/``WORLD_SIZE``/``MASTER_*`` variables). Bad input ends the process with one line.
 """
 

@@ -1,4 +1,4 @@
-"""``corefm predict`` (classify files by their bytes) and ``corefm data speech-digits``."""
+"""``corefm byteformer predict`` (classify files by their bytes) and ``corefm byteformer speech-digits``."""
 
 from __future__ import annotations
 
@@ -8,8 +8,17 @@ import sys
 from pathlib import Path
 
 
-def add_predict(commands) -> None:
-    p = commands.add_parser("predict", help="classify image/audio files by their raw bytes (ByteFormer)",
+HELP = "ByteFormer: classify files by their raw bytes, spoken-digit shards"
+
+
+def add_cli(sub) -> None:
+    """``corefm byteformer predict|speech-digits`` (``sub``: the ``corefm byteformer`` table)."""
+    add_predict(sub)
+    add_speech_digits(sub)
+
+
+def add_predict(sub) -> None:
+    p = sub.add_parser("predict", help="classify image/audio files by their raw bytes (ByteFormer)",
                             description="Load a ByteFormer run or release folder and classify each FILE. "
                                         "A file that cannot be classified (missing, unreadable, empty, longer "
                                         "than the model's maximum) gets one 'corefm: error:' line; the others "
@@ -40,8 +49,8 @@ def _predict(args: argparse.Namespace) -> int:
     return 2 if failed else 0
 
 
-def add_speech_digits(data_commands) -> None:
-    p = data_commands.add_parser(
+def add_speech_digits(sub) -> None:
+    p = sub.add_parser(
         "speech-digits", help="spoken-digit keyword-spotting shards (Asterisk voice + espeak-ng speakers)",
         description="Write OUT/train and OUT/val: 8 kHz 16-bit WAV clips of 'zero'..'nine' from Debian's "
                     "asterisk-core-sounds-en-wav (one human speaker, training split) and espeak-ng voices x "
@@ -69,7 +78,7 @@ def _ints(text: str, flag: str) -> tuple[int, ...]:
 
 
 def _speech_digits(args: argparse.Namespace) -> int:
-    from data_tools.audio import build
+    from projects.byteformer.speech import build
 
     paths = build(Path(args.out), args.speakers, args.val_fraction, _ints(args.pitches, "--pitches"),
                   _ints(args.speeds, "--speeds"), not args.no_asterisk, args.train_shards, args.val_shards,

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -36,17 +35,17 @@ from corefm.nn import LearnedPositions, TokenMerge, TransformerBlock, masked_mea
 from corefm.registry import register_model
 
 PAD = 256  # byte values are 0..255; 256 is the padding token
-# DeiT sizes used by the paper: (dim, heads, ffn_dim).
-SIZES = {"tiny": (192, 3, 768), "small": (384, 6, 1536), "base": (768, 12, 3072)}
+# The DeiT sizes the paper uses (ByteFormer-Ti/S/B): a recipe's `model: {name: byteformer, preset: small}`.
+PRESETS = {"tiny": dict(dim=192, heads=3, ffn_dim=768), "small": dict(dim=384, heads=6, ffn_dim=1536),
+           "base": dict(dim=768, heads=12, ffn_dim=3072)}
 
 
 @dataclass
 class ByteFormerConfig:
-    # tiny | small | base set dim, heads and ffn_dim (DeiT-Ti/S/B); a non-zero field overrides.
-    size: Literal["tiny", "small", "base"] = "tiny"
-    dim: int = 0
-    heads: int = 0
-    ffn_dim: int = 0
+    # Defaults: ByteFormer-Ti (DeiT-Ti widths; presets small and base for the others).
+    dim: int = 192
+    heads: int = 3
+    ffn_dim: int = 768
     layers: int = 12
     window_size: int = 128
     # Odd layers shift their windows by window_size // 2 (Swin-style), even layers do not.
@@ -60,10 +59,8 @@ class ByteFormerConfig:
     num_classes: int = 10
 
     def __post_init__(self) -> None:
-        if self.size not in SIZES:
-            raise ConfigError(f"model.size: {self.size!r} is not one of {', '.join(SIZES)}")
-        dim, heads, ffn = SIZES[self.size]
-        self.dim, self.heads, self.ffn_dim = self.dim or dim, self.heads or heads, self.ffn_dim or ffn
+        if min(self.dim, self.heads, self.ffn_dim, self.layers) < 1:
+            raise ConfigError("model.dim, model.heads, model.ffn_dim and model.layers must be positive")
         if self.kernel_size < 2 or self.kernel_size % 2:
             raise ConfigError(f"model.kernel_size must be even and >= 2 (stride is k/2), got {self.kernel_size}")
         if self.dim % self.heads:
@@ -93,6 +90,7 @@ class ByteFormer(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.num_classes = cfg.num_classes  # read by the task to check labels
+        self.max_bytes = cfg.max_bytes  # read by the task: inputs are cut to fit the position table
         c = cfg.dim
         self.embed = nn.Embedding(PAD + 1, c, padding_idx=PAD)
         self.conv = nn.Conv1d(c, c, kernel_size=cfg.kernel_size, stride=cfg.stride, bias=False)
@@ -142,6 +140,6 @@ class ByteFormer(nn.Module):
         return self.head(self.forward_features(tokens, lengths))
 
 
-@register_model("byteformer", ByteFormerConfig)
+@register_model("byteformer", ByteFormerConfig, presets=PRESETS)
 def build_byteformer(cfg: ByteFormerConfig) -> nn.Module:
     return ByteFormer(cfg)

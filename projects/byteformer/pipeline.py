@@ -1,7 +1,7 @@
 """Shard sample -> augmented image or waveform -> file bytes -> byte transforms -> uint8 array.
 
 One picklable callable, :class:`BytePipeline`, used by the task in the data workers and by
-``corefm predict`` on a file, so a prediction sees exactly the bytes evaluation saw.
+``corefm byteformer predict`` on a file, so a prediction sees exactly the bytes evaluation saw.
 A sample holds one image (``png``/``jpg``/``tiff``/...) or one audio clip (``wav``/``mp3``/``flac``)
 as file bytes, plus ``cls`` in shards. Anything unusable raises SkipSample with the reason.
 """

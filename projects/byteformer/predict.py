@@ -1,4 +1,4 @@
-"""Classify files by their bytes with a finished run or a release folder (``corefm predict``).
+"""Classify files by their bytes with a finished run or a release folder (``corefm byteformer predict``).
 
 A file goes through the same :class:`~projects.byteformer.pipeline.BytePipeline` as evaluation:
 a model trained on ``raw`` bytes reads the file exactly as it is on disk; a model trained on an

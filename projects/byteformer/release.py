@@ -2,7 +2,7 @@
 
 The folder holds ``model.safetensors``, ``config.json`` (the model section, ``corefm_model:
 byteformer``), ``recipe.json`` (model + task: the encoding the model expects), ``classes.json``
-and ``README.md``; ``corefm predict RELEASE FILE...`` loads it back.
+and ``README.md``; ``corefm byteformer predict RELEASE FILE...`` loads it back.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ Classes: {classes}.
 
 ## Usage
 ```
-corefm predict {name} picture.png recording.wav --top 3
+corefm byteformer predict {name} picture.png recording.wav --top 3
 ```
 or from Python:
 ```python

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from corefm.data.errors import SkipSample
 from corefm.errors import ConfigError
 from corefm.registry import register_task
-from corefm.tasks.base import Task, model_num_classes, read_label
+from corefm.tasks.base import Task, TaskContext, model_num_classes, read_label
 from projects.byteformer.model import PAD
 from projects.byteformer.pipeline import MODALITIES, BytePipeline
 
@@ -47,7 +47,7 @@ class ByteClassificationConfig:
     max_bytes: int = 0
     audio_label_offset: int = 0  # added to audio samples' cls (joint image + audio label space)
     label_smoothing: float = 0.0
-    # Class names for releases and `corefm predict`; empty: taken from the shards' dataset.json.
+    # Class names for releases and `corefm byteformer predict`; empty: taken from the shards' dataset.json.
     class_names: list[str] = field(default_factory=list)
 
 
@@ -126,8 +126,9 @@ class ByteClassificationTask(Task):
 
 
 @register_task("byte_classification", ByteClassificationConfig)
-def build_byte_classification(cfg: ByteClassificationConfig, model: torch.nn.Module, recipe: Any) -> Task:
-    model_max = getattr(recipe.model, "max_bytes", 0)
+def build_byte_classification(cfg: ByteClassificationConfig, model: torch.nn.Module,
+                              context: TaskContext) -> Task:
+    model_max = getattr(model, "max_bytes", 0)  # ByteFormer's position table length; a ViT has none
     max_bytes = cfg.max_bytes or model_max
     if not max_bytes:
         raise ConfigError("task.max_bytes: set it (the model has no max_bytes to default to)")

@@ -1,4 +1,4 @@
-"""``corefm data image-text``, ``corefm data pseudo-label`` and ``corefm clip-eval``."""
+"""``corefm clip image-text|pseudo-label|eval``: image-text shards, pseudo-label experts, evaluation."""
 
 from __future__ import annotations
 
@@ -8,8 +8,17 @@ from dataclasses import replace
 from pathlib import Path
 
 
-def add_data_tools(data_commands) -> None:
-    p = data_commands.add_parser(
+HELP = "CLIP + pseudo-labels: image-text shards, pseudo-label experts, zero-shot/retrieval/probe eval"
+
+
+def add_cli(sub) -> None:
+    """``corefm clip image-text|pseudo-label|eval`` (``sub``: the ``corefm clip`` command table)."""
+    add_data_commands(sub)
+    add_clip_eval(sub)
+
+
+def add_data_commands(sub) -> None:
+    p = sub.add_parser(
         "image-text", help="image-text shards from fashion-mnist, a folder, or a CSV/TSV/JSONL of (image, caption)",
         description="Write OUT/train and OUT/val image-text shard sets. Unusable rows (unreadable or undecodable "
                     "image, missing/empty/non-text caption) are skipped, counted and listed in OUT/rejects.jsonl.")
@@ -26,7 +35,7 @@ def add_data_tools(data_commands) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=_image_text)
 
-    q = data_commands.add_parser(
+    q = sub.add_parser(
         "pseudo-label", help="run pseudo-label experts over a shard set into a new shard set",
         description="Copy every shard of IN to OUT adding one label key per expert and its name and version in "
                     "json.pseudo_labels. Resumable (finished shards are skipped), parallel over shards.")
@@ -40,7 +49,7 @@ def add_data_tools(data_commands) -> None:
 
 
 def _image_text(args: argparse.Namespace) -> int:
-    from data_tools.image_text import build
+    from projects.clip_pseudo.data.image_text import build
 
     report = build(args.source, Path(args.out), samples_per_shard=args.samples_per_shard,
                    val_fraction=args.val_fraction, caption_template=args.caption_template,
@@ -56,16 +65,16 @@ def _image_text(args: argparse.Namespace) -> int:
 
 
 def _pseudo_label(args: argparse.Namespace) -> int:
-    from data_tools.pseudo_label import print_report, run
+    from projects.clip_pseudo.data.pseudo_label import print_report, run
 
     out = Path(args.out)
     print_report(run(Path(args.in_dir), out, args.experts, args.workers), out)
     return 0
 
 
-def add_clip_eval(commands) -> None:
-    p = commands.add_parser(
-        "clip-eval", help="zero-shot accuracy, retrieval R@1/5/10 and dense probes of a CLIP run or open_clip folder",
+def add_clip_eval(sub) -> None:
+    p = sub.add_parser(
+        "eval", help="zero-shot accuracy, retrieval R@1/5/10 and dense probes of a CLIP run or open_clip folder",
         description="Embed --data once; report zero-shot top-1/top-5 on its cls labels (open_clip's classifier "
                     "builder and templates), image<->text recall@1/5/10, and linear dense probes on frozen patch "
                     "tokens trained on --probe-train and scored on --data.")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, fields
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 from corefm.errors import ConfigError
@@ -137,6 +138,30 @@ def named_config(name: str, **overrides: Any) -> ClipConfig:
         raise ConfigError(f"unknown CLIP size {name!r}: use {', '.join(TINY)} or an open_clip config name "
                           "such as ViT-B-16")
     return from_open_clip_cfg(model_cfg, **overrides)
+
+
+class ClipPresets(Mapping):
+    """Recipe presets (``model: {name: clip, preset: ViT-B-16}``): ``tiny``, ``micro`` and every
+    open_clip built-in config name, read from open_clip when a recipe names it. A known name whose
+    towers this CLIP does not implement (ResNet, timm, ...) is a one-line error, not "unknown"."""
+
+    def __getitem__(self, name: str) -> dict[str, Any]:
+        if name in TINY:
+            return dict(TINY[name])
+        from open_clip import get_model_config
+
+        model_cfg = get_model_config(name)
+        if model_cfg is None:
+            raise KeyError(name)
+        return config_dict(from_open_clip_cfg(model_cfg))
+
+    def __iter__(self) -> Iterator[str]:
+        from open_clip import list_models
+
+        return iter([*TINY, *list_models()])
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self)
 
 
 def config_dict(cfg: ClipConfig) -> dict[str, Any]:

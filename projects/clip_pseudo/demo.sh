@@ -11,9 +11,9 @@ IT=${IT:-data/fmnist-it}
 PL=${PL:-data/fmnist-pl}
 start=$SECONDS
 
-[ -f "$IT/train/dataset.json" ] || "$COREFM" data image-text --source fashion-mnist --out "$IT" --samples-per-shard 2500
+[ -f "$IT/train/dataset.json" ] || "$COREFM" clip image-text --source fashion-mnist --out "$IT" --samples-per-shard 2500
 for split in train val; do
-  [ -f "$PL/$split/dataset.json" ] || "$COREFM" data pseudo-label --in "$IT/$split" --out "$PL/$split" \
+  [ -f "$PL/$split/dataset.json" ] || "$COREFM" clip pseudo-label --in "$IT/$split" --out "$PL/$split" \
       --experts otsu-seg,canny --workers 2
 done
 "$COREFM" train projects/clip_pseudo/configs/fashion_tiny.yaml --nproc "${NPROC:-2}" \
@@ -22,7 +22,7 @@ done
     --set "data.train=$PL/train" --set "data.val=$PL/val" --set task.heads=[] --set run_dir=runs/fashion_tiny_plain "$@"
 for run in runs/fashion_tiny runs/fashion_tiny_plain; do
   echo "== $run"
-  "$COREFM" clip-eval "$run" --data "$PL/val" --probe seg,semantic,edges --probe-train "$PL/train" --probe-up 4
+  "$COREFM" clip eval "$run" --data "$PL/val" --probe seg,semantic,edges --probe-train "$PL/train" --probe-up 4
 done
 "$COREFM" release runs/fashion_tiny --out runs/fashion_tiny/release
 echo "demo: $((SECONDS - start)) s"

@@ -1,4 +1,4 @@
-"""``corefm clip-eval``: zero-shot accuracy, retrieval R@1/5/10 and dense probes on frozen features.
+"""``corefm clip eval``: zero-shot accuracy, retrieval R@1/5/10 and dense probes on frozen features.
 
 The model is a corefm run folder (``recipe.json`` + ``model.safetensors``) or an open_clip folder
 (``open_clip_config.json``, e.g. a release). Images go through the same preprocessing as training
@@ -19,7 +19,7 @@ from corefm.data import DataConfig, build_eval_loader
 from corefm.errors import CheckpointError, ConfigError
 from projects.clip_pseudo.heads import HeadSpec
 from projects.clip_pseudo.task import ClipTaskConfig, SampleTransform
-from projects.clip_pseudo.zero_shot import classifier, topk_correct
+from corefm.eval.zero_shot import classifier, topk_correct
 
 
 @dataclass

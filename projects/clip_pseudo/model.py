@@ -15,7 +15,7 @@ from torch import nn
 
 from corefm.nn import TextTransformer, VisionOutput, VisionTransformer
 from corefm.registry import register_model
-from projects.clip_pseudo.config import ClipConfig
+from projects.clip_pseudo.config import ClipConfig, ClipPresets
 from projects.clip_pseudo.heads import HeadSpec, build_heads
 
 # open_clip clamps exp(logit_scale) at 100 after each optimizer step; clamping inside the
@@ -113,7 +113,7 @@ class ClipModel(nn.Module):
         return ClipOutput(image_features, text_features, scale, self.logit_bias, dense)
 
 
-@register_model("clip", ClipConfig)
+@register_model("clip", ClipConfig, presets=ClipPresets())
 def build_clip(cfg: ClipConfig) -> nn.Module:
     model = ClipModel(cfg)
     if cfg.pretrained:

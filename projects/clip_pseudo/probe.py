@@ -17,7 +17,7 @@ from projects.clip_pseudo.heads import DenseHead, HeadSpec
 from projects.clip_pseudo.losses import masked_mean, per_sample_loss
 from projects.clip_pseudo.task import head_metrics, head_sums
 
-# Ready-made probes for shards written by data_tools (``corefm clip-eval --probe seg,semantic``).
+# Ready-made probes for shards written by the data tools (``corefm clip eval --probe seg,semantic``).
 PRESETS = {
     "seg": HeadSpec("seg", "segmentation", "seg.png", channels=2),
     # foreground pixels labelled with the image's class (1 + cls), background 0: localised semantics

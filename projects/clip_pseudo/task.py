@@ -19,13 +19,13 @@ import torch
 from corefm.data.errors import SkipSample
 from corefm.errors import ConfigError
 from corefm.registry import register_task
-from corefm.tasks.base import Task
+from corefm.tasks.base import Task, TaskContext
 from projects.clip_pseudo.heads import HeadSpec, check_heads
 from projects.clip_pseudo.labels import caption, find_image, image_tensor, labels_for
 from projects.clip_pseudo.losses import build_contrastive_loss, masked_mean, per_sample_loss
 from projects.clip_pseudo.model import eot_length
 from projects.clip_pseudo.openclip_io import OPENAI_MEAN, OPENAI_STD
-from projects.clip_pseudo.zero_shot import classifier, topk_correct
+from corefm.eval.zero_shot import classifier, topk_correct
 
 
 @dataclass
@@ -200,7 +200,7 @@ def head_metrics(spec: HeadSpec, sums: dict[str, float]) -> dict[str, float]:
 
 
 def _manifest_classes(spec: str) -> list[str]:
-    """Class names a data_tools producer recorded in the val shards' dataset.json (or [])."""
+    """Class names a data tool recorded in the val shards' dataset.json (or [])."""
     from pathlib import Path
 
     from corefm.data import DataError, load_manifest
@@ -215,11 +215,11 @@ def _manifest_classes(spec: str) -> list[str]:
 
 
 @register_task("clip", ClipTaskConfig)
-def build_clip_task(cfg: ClipTaskConfig, model: torch.nn.Module, recipe: Any) -> Task:
+def build_clip_task(cfg: ClipTaskConfig, model: torch.nn.Module, context: TaskContext) -> Task:
     if not hasattr(model, "set_heads"):
-        raise ConfigError(f"task clip needs model.name: clip, got {recipe.model_name!r}")
+        raise ConfigError(f"task clip needs model.name: clip, got a {type(model).__name__}")
     if cfg.loss == "siglip" and model.logit_bias is None:
         raise ConfigError("task.loss: siglip needs a logit bias: set model.init_logit_bias (e.g. -10) "
                           "and model.init_logit_scale (e.g. 2.302585, log 10)")
-    class_names = list(cfg.class_names) or _manifest_classes(recipe.data.val)
+    class_names = list(cfg.class_names) or _manifest_classes(context.val_data)
     return ClipTask(cfg, model, class_names)

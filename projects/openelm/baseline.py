@@ -35,7 +35,7 @@ def iter_token_samples(spec: str) -> Iterator[np.ndarray]:
 
 
 def manifest_vocab_size(spec: str) -> int | None:
-    """The tokenizer vocabulary size a ``data_tools.text`` manifest records, if ``spec`` is such a folder."""
+    """The tokenizer vocabulary size a ``projects.openelm.data.token_shards`` manifest records, if ``spec`` is such a folder."""
     path = Path(spec.partition("#")[0])
     if not (path / "dataset.json").is_file():
         return None

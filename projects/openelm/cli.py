@@ -1,8 +1,8 @@
-"""``corefm data llama-tokenizer|train-tokenizer`` and ``corefm openelm baseline|average|lm-eval|generate``.
+"""``corefm openelm ...``: tokenizers, token shards, the unigram baseline, checkpoint averaging,
+lm-eval and generation.
 
-:func:`add_tokenizer_cli` takes the ``corefm data`` sub-command table (the object returned by
-``add_subparsers`` on the ``data`` parser) and adds both tokenizer commands to it;
-:func:`add_openelm_cli` adds the ``openelm`` group to the top-level command table.
+:func:`add_cli` receives the ``corefm openelm`` sub-command table (declared in pyproject.toml's
+``corefm.commands``); only this module is imported to build it, the tools import what they need.
 """
 
 from __future__ import annotations
@@ -58,11 +58,20 @@ def _train_tokenizer(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_openelm_cli(commands) -> None:
-    """``corefm openelm baseline|average|lm-eval|generate``."""
-    p = commands.add_parser("openelm", help="OpenELM tools: unigram baseline, checkpoint averaging, lm-eval, generate")
-    sub = p.add_subparsers(dest="openelm_command", required=True, metavar="OPENELM_COMMAND")
+HELP = "OpenELM: tokenizers, token shards, unigram baseline, checkpoint averaging, lm-eval, generate"
 
+
+def add_cli(sub) -> None:
+    """``corefm openelm llama-tokenizer|train-tokenizer|tokenize|shakespeare|baseline|average|lm-eval|generate``."""
+    from projects.openelm.data.cli import add_text_cli
+
+    add_tokenizer_cli(sub)
+    add_text_cli(sub)
+    add_run_tools(sub)
+
+
+def add_run_tools(sub) -> None:
+    """``baseline``, ``average``, ``lm-eval`` and ``generate``."""
     b = sub.add_parser("baseline", help="unigram perplexity of the val shards (add-one counts from train shards)",
                        description="Print the add-one unigram perplexity of a run's data.val targets with counts "
                                    "from its data.train, beside the run's own validation perplexity (final.json).")

@@ -116,7 +116,8 @@ def layer_specs(cfg: OpenELMConfig) -> list[LayerSpec]:
 
 
 # The four published sizes (paper Table 1 / Apple's OpenELM_CONFIGS) and two small ones for
-# tests and CPU demos. Everything not listed takes the dataclass default.
+# tests and CPU demos: a recipe's `model: {name: openelm, preset: openelm_1_1b}`. Everything not
+# listed takes the dataclass default.
 SIZES: dict[str, dict] = {
     "openelm_270m": dict(num_transformer_layers=16, model_dim=1280, head_dim=64),
     "openelm_450m": dict(num_transformer_layers=20, model_dim=1536, head_dim=64),

@@ -11,7 +11,7 @@ DATA=${DATA:-data/shakespeare}
 RUN=${RUN:-runs/shakespeare_demo}
 start=$SECONDS
 
-[ -f "$DATA/train/dataset.json" ] || "$COREFM" data shakespeare --out "$DATA"
+[ -f "$DATA/train/dataset.json" ] || "$COREFM" openelm shakespeare --out "$DATA"
 "$COREFM" train projects/openelm/configs/shakespeare_demo.yaml --nproc "${NPROC:-2}" \
     --set "data.train=$DATA/train" --set "data.val=$DATA/val" --set "run_dir=$RUN" "$@"
 "$COREFM" openelm baseline "$RUN"

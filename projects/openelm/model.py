@@ -18,7 +18,7 @@ from torch import nn
 
 from corefm.nn import DecoderLM, RMSNorm
 from corefm.registry import register_model
-from projects.openelm.config import OpenELMConfig, layer_specs
+from projects.openelm.config import SIZES, OpenELMConfig, layer_specs
 
 
 class OpenELM(DecoderLM):
@@ -113,6 +113,6 @@ class OpenELM(DecoderLM):
         return out
 
 
-@register_model("openelm", OpenELMConfig)
+@register_model("openelm", OpenELMConfig, presets=SIZES)
 def build_openelm(cfg: OpenELMConfig) -> OpenELM:
     return OpenELM(cfg)

@@ -3,7 +3,7 @@
 The folder holds ``config.json`` (Apple's fields + ``auto_map``), ``model.safetensors`` (Apple's
 names), the self-contained modeling code, the tokenizer the training shards were made with, the
 resolved recipe and a model card (:mod:`projects.openelm.card`). The tokenizer is found through
-the training shards' manifest, which ``corefm data tokenize`` writes with the tokenizer's path and
+the training shards' manifest, which ``corefm openelm tokenize`` writes with the tokenizer's path and
 sha256 (or through a ``task.tokenizer`` folder in the recipe); a tokenizer whose checksum no longer
 matches is left out rather than shipped wrong.
 """

@@ -1,4 +1,4 @@
-"""``corefm data teacher-outputs``, ``corefm sam-clip-export-sam`` and ``corefm sam-clip-eval``."""
+"""``corefm sam-clip teacher-outputs|export-sam|eval``."""
 
 from __future__ import annotations
 
@@ -7,8 +7,18 @@ import json
 from pathlib import Path
 
 
-def add_teacher_outputs(data_commands) -> None:
-    p = data_commands.add_parser(
+HELP = "SAM-CLIP: stored teacher outputs, SAM export, zero-shot and segmentation eval"
+
+
+def add_cli(sub) -> None:
+    """``corefm sam-clip teacher-outputs|export-sam|eval`` (``sub``: the ``corefm sam-clip`` table)."""
+    add_teacher_outputs(sub)
+    add_export_sam(sub)
+    add_eval(sub)
+
+
+def add_teacher_outputs(sub) -> None:
+    p = sub.add_parser(
         "teacher-outputs", help="store SAM-CLIP teacher outputs (CLIP embeddings, SAM masks + prompts) in shards",
         description="Copy a shard set adding clip_emb.npy (open_clip teacher) and/or sam_prompts.json + "
                     "sam_masks.npy (SAM teacher on prompts drawn from --mask-key), with the teachers' versions "
@@ -29,7 +39,7 @@ def add_teacher_outputs(data_commands) -> None:
 
 
 def _teacher_outputs(args: argparse.Namespace) -> int:
-    from data_tools.sam_teacher import run
+    from projects.sam_clip.teacher_outputs import run
 
     report = run(Path(args.in_dir), Path(args.out), clip=args.clip, sam=args.sam, sam_config=args.sam_config,
                  prompts=args.prompts, mask_key=args.mask_key, shards=args.shards, batch_size=args.batch_size,
@@ -38,8 +48,8 @@ def _teacher_outputs(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_export_sam(commands) -> None:
-    p = commands.add_parser("sam-clip-export-sam", help="write a sam_clip run's SAM part as a segment_anything .pth",
+def add_export_sam(sub) -> None:
+    p = sub.add_parser("export-sam", help="write a sam_clip run's SAM part as a segment_anything .pth",
                             description="OUT gets SAM's state dict (image_encoder/prompt_encoder/mask_decoder) and "
                                         "sam_config.json beside it: a SAM teacher for teacher-outputs and recipes.")
     p.add_argument("run_dir", help="finished sam_clip run (recipe.json + model.safetensors)")
@@ -60,9 +70,9 @@ def _export_sam(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_eval(commands) -> None:
-    p = commands.add_parser(
-        "sam-clip-eval",
+def add_eval(sub) -> None:
+    p = sub.add_parser(
+        "eval",
         help="zero-shot top-1, promptable-seg mIoU and zero-shot semantic-seg mIoU of a SAM-CLIP model",
         description="Evaluate a sam_clip run or release folder on held-out shards: zero-shot classification through "
                     "the CLIP head (class embeddings from the CLIP teacher's text tower), point/box promptable "

@@ -173,7 +173,7 @@ class SampleTransform:
 
                 raise DataError(f"sample {key!r}: stored {kind} teacher outputs are from version {got}, "
                                 f"the recipe's {kind} teacher is {want}; recompute them with "
-                                "`corefm data teacher-outputs`")
+                                "`corefm sam-clip teacher-outputs`")
 
 
 class Collate:

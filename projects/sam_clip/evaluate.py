@@ -1,4 +1,4 @@
-"""``corefm sam-clip-eval``: the merged model (and optionally its teachers) on held-out shards.
+"""``corefm sam-clip eval``: the merged model (and optionally its teachers) on held-out shards.
 
 Metrics: ``zero_shot_top1`` (CLIP head vs the CLIP teacher's class text embeddings),
 ``clip_cosine`` (to the teacher's image embedding), ``miou_gt_{point,box}`` and
@@ -46,7 +46,9 @@ def recipe_task(path: Path) -> dict:
     return json.loads((path / "recipe.json").read_text())["task"]
 
 
-def _default(path: Path, given: str, recipe_value: str, bundled: str) -> str:
+def teacher_spec(path: Path, given: str, recipe_value: str, bundled: str) -> str:
+    """The teacher to use for a run or release folder ``path``: ``given`` if set, else the copy a release
+    bundles at ``bundled``, else the recipe's own if it exists here ("" when none is found)."""
     if given:
         return given
     if (path / bundled).exists():  # release folders carry their teachers
@@ -87,8 +89,8 @@ def run_eval(path: Path, data: str, clip_teacher: str = "", sam_teacher: str = "
 
     recipe, model = load_student(path)
     written = recipe_task(path)
-    clip_spec = _default(path, clip_teacher, written.get("clip_teacher", ""), "clip_teacher")
-    sam_spec = _default(path, sam_teacher, written.get("sam_teacher", ""), "sam_teacher/sam.pth")
+    clip_spec = teacher_spec(path, clip_teacher, written.get("clip_teacher", ""), "clip_teacher")
+    sam_spec = teacher_spec(path, sam_teacher, written.get("sam_teacher", ""), "sam_teacher/sam.pth")
     if not classes:
         classes = list(written.get("class_names") or [])
     if not classes:
@@ -97,7 +99,7 @@ def run_eval(path: Path, data: str, clip_teacher: str = "", sam_teacher: str = "
         except DataError:  # data given as a shard pattern has no manifest: zero-shot is skipped
             classes = []
     if clip_spec and not classes:
-        print("sam-clip-eval: no class names (recipe, --classes or the data's manifest): "
+        print("sam-clip eval: no class names (recipe, --classes or the data's manifest): "
               "zero-shot classification and semantic segmentation are skipped", file=sys.stderr)
     cfg = SamClipTaskConfig(stage="distill", clip_source="online" if clip_spec else "none",
                             sam_source="online" if sam_spec else "gt", clip_teacher=clip_spec, sam_teacher=sam_spec,
@@ -119,7 +121,7 @@ def run_eval(path: Path, data: str, clip_teacher: str = "", sam_teacher: str = "
         sums[key] = sums.get(key, 0.0) + float(value)
 
     seen = 0
-    bar = tqdm(total=max_samples or loader.num_samples, unit="img", desc="sam-clip-eval", leave=False)
+    bar = tqdm(total=max_samples or loader.num_samples, unit="img", desc="sam-clip eval", leave=False)
     for batch in loader:
         # The backbone runs once on the CLIP rows: their tokens serve the metrics and the dense features.
         tokens = model.encode(batch["clip_image"]) if task.uses_clip and len(batch["clip_image"]) else None

@@ -10,7 +10,7 @@ LayerNorm and a 2-hidden-layer MLP into the CLIP text space.
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 
@@ -261,20 +261,7 @@ def upscale_masks(low_res: torch.Tensor, size: int) -> torch.Tensor:
     return x.reshape(*lead, size, size)
 
 
-@dataclass
-class SamClipModelConfig(SamClipConfig):
-    """Recipe ``model: {name: sam_clip, preset: tiny, ...}``: preset fields, then explicit keys."""
-
-    preset: str = ""
-
-
-@register_model("sam_clip", SamClipModelConfig)
-def build_model(cfg: SamClipModelConfig) -> SamClipModel:
-    if cfg.preset:
-        base = named_config(cfg.preset)
-        defaults = SamClipModelConfig()
-        # keys the recipe left at their default take the preset's value
-        merged = {f.name: getattr(base, f.name) if getattr(cfg, f.name) == getattr(defaults, f.name)
-                  else getattr(cfg, f.name) for f in fields(SamClipConfig)}
-        cfg = SamClipModelConfig(**merged, preset=cfg.preset)
+@register_model("sam_clip", SamClipConfig, presets=PRESETS)
+def build_model(cfg: SamClipConfig) -> SamClipModel:
+    """Recipe ``model: {name: sam_clip, preset: tiny, ...}`` (the preset's fields, then the recipe's)."""
     return SamClipModel(cfg)

@@ -34,9 +34,9 @@ low_res, iou = model.decode(model.image_embeddings(tokens)[:1], points, labels, 
 ```
 `sam.pth` loads in segment_anything (`Sam.load_state_dict`) with the sizes in `sam_config.json`.
 Class-name embeddings come from `clip_teacher/` (open_clip: `create_model_and_transforms("local-dir:clip_teacher")`).
-Evaluate: `corefm sam-clip-eval {name} --data VAL_SHARDS --teachers`.
+Evaluate: `corefm sam-clip eval {name} --data VAL_SHARDS --teachers`.
 
-## Held-out metrics (`corefm sam-clip-eval`)
+## Held-out metrics (`corefm sam-clip eval`)
 {metrics}
 """
 
@@ -55,7 +55,7 @@ def write_sam_clip_release(run_dir: Path, out_dir: Path, recipe: dict) -> list[P
     if teacher and Path(teacher).is_dir():
         shutil.copytree(teacher, out_dir / "clip_teacher", dirs_exist_ok=True)
         extra_files.append(out_dir / "clip_teacher")
-    metrics = "(run `corefm sam-clip-eval RUN --data VAL --json RUN/sam_clip_eval.json` before releasing)"
+    metrics = "(run `corefm sam-clip eval RUN --data VAL --json RUN/sam_clip_eval.json` before releasing)"
     if (run_dir / "sam_clip_eval.json").is_file():
         shutil.copyfile(run_dir / "sam_clip_eval.json", out_dir / "sam_clip_eval.json")
         extra_files.append(out_dir / "sam_clip_eval.json")
@@ -64,7 +64,7 @@ def write_sam_clip_release(run_dir: Path, out_dir: Path, recipe: dict) -> list[P
     extra = USAGE.format(layers=model.cfg.clip_head_layers, embed=model.cfg.clip_embed_dim, teacher=teacher or "?",
                          name=out_dir.name, size=model.cfg.img_size, metrics=metrics)
     # the recipe's model section may name a preset over dataclass defaults: write the resolved sizes
-    resolved = {**recipe, "model": {"name": "sam_clip", **asdict(model.cfg), "preset": "", "sam_checkpoint": "",
+    resolved = {**recipe, "model": {"name": "sam_clip", **asdict(model.cfg), "sam_checkpoint": "",
                                     "init_checkpoint": ""}}
     files = write_generic(run_dir, out_dir, resolved, title=f"SAM-CLIP ({run_dir.name})", extra=extra)
     return files + extra_files

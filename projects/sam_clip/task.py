@@ -22,7 +22,7 @@ import torch
 
 from corefm.errors import ConfigError
 from corefm.registry import register_task
-from corefm.tasks.base import Task
+from corefm.tasks.base import Task, TaskContext
 from projects.sam_clip.data import Collate, SampleSpec, SampleTransform
 from projects.sam_clip.losses import distill_loss, mask_loss, prompt_iou_sums, zero_shot_counts
 from projects.sam_clip.model import SamClipModel
@@ -110,13 +110,11 @@ class SamClipTask(Task):
         for name in ("image_encoder", "prompt_encoder", "mask_decoder", "clip_head"):
             getattr(m, name).requires_grad_(name in trainable)
         self.uses_clip, self.uses_sam = branches(self.cfg)
-        # _touch reads every trainable parameter in this module's own forward, outside the forwards
-        # of the modules that own them: ZeRO-3 must gather them for it (no effect at stages 0-2).
-        from deepspeed.runtime.zero.partition_parameters import register_external_parameter
 
-        for p in m.parameters():
-            if p.requires_grad:
-                register_external_parameter(self, p)
+    def external_parameters(self) -> list[torch.nn.Parameter]:
+        """Every trainable parameter: :meth:`_touch` reads them in this module's own forward, outside
+        the forwards of the modules that own them, so ZeRO-3 must gather them for it."""
+        return [p for p in self.model.parameters() if p.requires_grad]
 
     def param_lr_scales(self) -> dict[str, float]:
         """{parameter name: lr multiplier}, read by corefm's optimizer builder (param groups)."""
@@ -134,7 +132,7 @@ class SamClipTask(Task):
                     if kind in want and info.get("version") != want[kind]:
                         raise ConfigError(f"{folder}: stored {kind} teacher outputs are from {info.get('source')} "
                                           f"version {info.get('version')}, but the recipe's {kind} teacher is version "
-                                          f"{want[kind]}; rerun `corefm data teacher-outputs` with this teacher")
+                                          f"{want[kind]}; rerun `corefm sam-clip teacher-outputs` with this teacher")
                     if kind == "clip" and info.get("embed_dim") not in (None, self.model.cfg.clip_embed_dim):
                         raise ConfigError(f"{folder}: stored CLIP embeddings have {info['embed_dim']} dims, "
                                           f"model.clip_embed_dim is {self.model.cfg.clip_embed_dim}")
@@ -251,13 +249,13 @@ def gt_per_prompt(batch: dict, k: int) -> torch.Tensor:
 
 
 @register_task("sam_clip", SamClipTaskConfig)
-def build_task(cfg: SamClipTaskConfig, model: SamClipModel, recipe) -> SamClipTask:
+def build_task(cfg: SamClipTaskConfig, model: SamClipModel, context: TaskContext) -> SamClipTask:
     if not isinstance(model, SamClipModel):
         raise ConfigError(f"task sam_clip needs model sam_clip, got {type(model).__name__}")
-    if recipe.deepspeed.zero_stage == 3 and all(branches(cfg)):
+    if context.zero_stage == 3 and all(branches(cfg)):
         # A rank whose batch has no CLIP (or SAM) rows skips that branch, while ZeRO-3 gathers each
         # module's parameters collectively as it runs: the ranks would wait on each other forever.
         raise ConfigError(f"task.stage {cfg.stage} trains the CLIP and SAM branches on mixed batches, which "
                           "deepspeed.zero_stage 3 cannot run (ranks would skip different modules and hang); "
                           "use zero_stage 1 or 2 (stages probe and sam_gt run at 3)")
-    return SamClipTask(cfg, model, (recipe.data.train, recipe.data.val))
+    return SamClipTask(cfg, model, (context.train_data, context.val_data))

@@ -85,7 +85,7 @@ class ClipTeacher:
         """(E, C) normalised zero-shot class embeddings (open_clip's builder, template-averaged)."""
         from open_clip import build_zero_shot_classifier
 
-        from projects.clip_pseudo.zero_shot import templates as template_set
+        from corefm.eval.zero_shot import templates as template_set
 
         return build_zero_shot_classifier(self.model, self.tokenizer, list(class_names), template_set(templates),
                                           num_classes_per_batch=10, device=next(self.model.parameters()).device)
@@ -153,7 +153,7 @@ def save_sam_checkpoint(state: dict[str, torch.Tensor], cfg: SamClipConfig, out:
     """Write ``out`` (.pth, segment_anything layout) and ``sam_config.json`` beside it."""
     out.parent.mkdir(parents=True, exist_ok=True)
     torch.save({k: v.detach().clone().contiguous() for k, v in state.items()}, out)
-    skip = ("sam_checkpoint", "init_checkpoint", "preset")
+    skip = ("sam_checkpoint", "init_checkpoint")
     sam_cfg = {k: v for k, v in asdict(cfg).items() if not k.startswith("clip_") and k not in skip}
     (out.parent / SAM_CONFIG_NAME).write_text(json.dumps(sam_cfg, indent=2))
     return out

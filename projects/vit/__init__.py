@@ -1,3 +1,4 @@
-"""Pixel ViT image classifier: the smallest real recipe, and the baseline ByteFormer compares against."""
+"""Pixel ViT image classifier: the smallest real recipe, and the baseline ByteFormer compares against.
 
-from projects.vit import model  # noqa: F401  (registers "vit_classifier")
+Its model ``vit_classifier`` (model.py) is declared in pyproject.toml.
+"""

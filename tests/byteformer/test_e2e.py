@@ -24,7 +24,7 @@ def sets(**extra) -> list[str]:
 
 @pytest.fixture(scope="module")
 def digits(tmp_path_factory) -> Path:
-    from data_tools.images import build
+    from corefm.data.image_sets import build
 
     out = tmp_path_factory.mktemp("digits")
     build("digits", out, train_shards=4, val_shards=2)
@@ -33,13 +33,13 @@ def digits(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def speech(tmp_path_factory) -> Path:
-    from data_tools.audio import ASTERISK_DIGITS
+    from projects.byteformer.speech import ASTERISK_DIGITS
     from tests.conftest import require_installed
 
     require_installed(shutil.which("espeak-ng") is not None and (ASTERISK_DIGITS / "0.wav").is_file(),
                       "Debian packages espeak-ng and asterisk-core-sounds-en-wav")
     out = tmp_path_factory.mktemp("speech")
-    r = run(corefm_cmd("data", "speech-digits", "--out", str(out), "--speakers", "6", "--pitches", "40,60",
+    r = run(corefm_cmd("byteformer", "speech-digits", "--out", str(out), "--speakers", "6", "--pitches", "40,60",
                        "--speeds", "170", "--train-shards", "2", "--val-shards", "2"))
     assert r.returncode == 0, r.stderr[-3000:]
     return out
@@ -80,7 +80,7 @@ def test_train_tiff_bytes_release_and_predict(digits, tmp_path, capsys):
     assert "dry run" in capsys.readouterr().out
     assert json.loads((tmp_path / "release" / "classes.json").read_text())[3] == "three"
 
-    from data_tools.images import digits as load_digits
+    from corefm.data.image_sets import digits as load_digits
     from PIL import Image
 
     (images, labels), _, _ = load_digits()
@@ -90,7 +90,7 @@ def test_train_tiff_bytes_release_and_predict(digits, tmp_path, capsys):
         Image.fromarray(images[i]).save(path)
         files.append(str(path))
     (tmp_path / "empty.png").write_bytes(b"")
-    p = run(corefm_cmd("predict", str(tmp_path / "release"), *files, str(tmp_path / "empty.png"),
+    p = run(corefm_cmd("byteformer", "predict", str(tmp_path / "release"), *files, str(tmp_path / "empty.png"),
                        str(tmp_path / "missing.wav"), "--top", "2"))
     assert p.returncode == 2, p.stderr[-3000:]
     out = p.stdout.strip().splitlines()

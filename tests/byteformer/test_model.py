@@ -7,7 +7,7 @@ import torch
 
 from corefm.errors import ConfigError
 from corefm.train.config import parse_recipe
-from projects.byteformer.model import PAD, SIZES, ByteFormer, ByteFormerConfig, conv_tokens
+from projects.byteformer.model import PAD, PRESETS, ByteFormer, ByteFormerConfig, conv_tokens
 from tests.byteformer.conftest import tiny_model_args
 
 
@@ -88,10 +88,22 @@ def test_sizes_follow_the_paper():
     expected = 257 * c + 32 * c * c + 3125 * c + 12 * block + 6 * (2 * c * c + c + 2 * c) + 2 * c + c * 10 + 10
     assert n == expected
     assert 7e6 < n < 8e6  # DeiT-Ti's 5.7M blocks plus the 1.2M-parameter Conv1D, positions and merges
-    for size, (dim, heads, ffn) in SIZES.items():
-        cfg = ByteFormerConfig(size=size)
-        assert (cfg.dim, cfg.heads, cfg.ffn_dim) == (dim, heads, ffn)
-    assert ByteFormerConfig(size="small", dim=256, heads=4).dim == 256  # explicit fields win
+    # DeiT-Ti/S/B widths (dim, heads, ffn) as recipe presets; the default is Ti
+    assert {k: tuple(v.values()) for k, v in PRESETS.items()} == {
+        "tiny": (192, 3, 768), "small": (384, 6, 1536), "base": (768, 12, 3072)}
+    assert (ByteFormerConfig().dim, ByteFormerConfig().heads, ByteFormerConfig().ffn_dim) == (192, 3, 768)
+
+
+def test_presets_come_from_the_recipe_and_explicit_keys_win():
+    def parsed(**model):
+        return parse_recipe({"model": {"name": "byteformer", **model},
+                             "task": {"name": "byte_classification"}}).model
+
+    small = parsed(preset="small")
+    assert (small.dim, small.heads, small.ffn_dim) == (384, 6, 1536)
+    # heads: 3 is the dataclass default, and still wins over the preset's 6
+    mixed = parsed(preset="small", dim=192, heads=3)
+    assert (mixed.dim, mixed.heads, mixed.ffn_dim) == (192, 3, 1536)
 
 
 def test_too_long_input_is_a_clear_error():

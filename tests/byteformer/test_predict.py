@@ -48,7 +48,7 @@ def test_release_folder_contents(released):
     assert config["corefm_model"] == "byteformer" and config["max_bytes"] == MAX_BYTES
     assert json.loads((released / "classes.json").read_text()) == ["cat", "dog", "yes", "no"]
     card = (released / "README.md").read_text()
-    assert "corefm predict" in card and "raw" in card and "600 bytes" in card
+    assert "corefm byteformer predict" in card and "raw" in card and "600 bytes" in card
 
 
 def test_release_predicts_like_the_trained_model(released, tmp_path):

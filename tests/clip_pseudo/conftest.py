@@ -12,7 +12,7 @@ from tests.conftest import require_fashion_mnist
 @pytest.fixture(scope="session")
 def fashion_it(tmp_path_factory) -> Path:
     """OUT/train and OUT/val (8 shards x 48 each) of real Fashion-MNIST image-text pairs."""
-    from data_tools.image_text import build
+    from projects.clip_pseudo.data.image_text import build
 
     require_fashion_mnist()
     out = tmp_path_factory.mktemp("fashion_it")
@@ -23,7 +23,7 @@ def fashion_it(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def fashion_pl(fashion_it, tmp_path_factory) -> Path:
     """The same shards with Otsu foreground masks (seg.png) and Canny edges (edges.png)."""
-    from data_tools.pseudo_label import run
+    from projects.clip_pseudo.data.pseudo_label import run
 
     out = tmp_path_factory.mktemp("fashion_pl")
     for split in ("train", "val"):

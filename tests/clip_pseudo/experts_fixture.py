@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from data_tools.experts import Expert
+from projects.clip_pseudo.data.experts import Expert
 
 
 class Flaky(Expert):

@@ -46,7 +46,7 @@ def test_train_release_load_in_open_clip_and_eval(fashion_pl, tmp_path):
         torch.testing.assert_close(theirs.eval().encode_image(images), task.model.eval().encode_image(images),
                                    atol=1e-5, rtol=1e-4)
         torch.testing.assert_close(theirs.encode_text(text), task.model.encode_text(text), atol=1e-5, rtol=1e-4)
-    ev = run(corefm_cmd("clip-eval", str(rel), "--data", str(fashion_pl / "val"), "--probe", "seg,semantic",
+    ev = run(corefm_cmd("clip", "eval", str(rel), "--data", str(fashion_pl / "val"), "--probe", "seg,semantic",
                         "--probe-train", str(fashion_pl / "train"), "--probe-samples", "96", "--probe-epochs", "2",
                         "--max-samples", "96", "--classes", "t-shirt,trouser,pullover,dress,coat,sandal,shirt,"
                         "sneaker,bag,ankle boot", "--json", str(tmp_path / "m.json")))
@@ -62,9 +62,10 @@ def test_plain_clip_switch_and_data_cli(fashion_it, tmp_path):
     r = _train(fashion_it, run_dir, "task.heads=[]", nproc=1)
     assert r.returncode == 0, r.stderr[-3000:]
     assert "loss_seg" not in (run_dir / "metrics.jsonl").read_text()
-    bad = run(corefm_cmd("data", "pseudo-label", "--in", str(fashion_it / "val"), "--out", str(tmp_path / "x"),
+    bad = run(corefm_cmd("clip", "pseudo-label", "--in", str(fashion_it / "val"), "--out", str(tmp_path / "x"),
                          "--experts", "otsu-seg,sobel"))
     assert bad.returncode == 2 and bad.stderr.strip().splitlines()[-1].startswith("corefm: error: unknown expert")
-    ok = run(corefm_cmd("data", "pseudo-label", "--in", str(fashion_it / "val"), "--out", str(tmp_path / "pl"),
+    ok = run(corefm_cmd("clip", "pseudo-label", "--in", str(fashion_it / "val"), "--out", str(tmp_path / "pl"),
                         "--experts", "otsu-seg", "--workers", "1"))
     assert ok.returncode == 0 and "384 of 384 samples labelled" in ok.stdout, ok.stderr[-2000:]
+

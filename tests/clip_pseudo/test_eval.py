@@ -11,7 +11,7 @@ from projects.clip_pseudo.heads import HeadSpec
 from projects.clip_pseudo.model import ClipModel
 from projects.clip_pseudo.probe import delta1_sums, score_probe, semantic_target, train_probe
 from projects.clip_pseudo.retrieval import retrieval_recall
-from projects.clip_pseudo.zero_shot import FASHION_MNIST_CLASSES, classifier, templates, topk_correct
+from corefm.eval.zero_shot import FASHION_MNIST_CLASSES, classifier, templates, topk_correct
 
 
 def test_retrieval_recall_standard_and_with_repeated_captions():

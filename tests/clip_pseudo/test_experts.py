@@ -11,13 +11,13 @@ from PIL import Image
 
 from corefm.data import DataError, ShardWriter, load_manifest
 from corefm.data.shards import iter_shard
-from data_tools.experts import build_expert, build_experts
+from projects.clip_pseudo.data.experts import build_expert, build_experts
 
 import cv2
 
 
 def _fashion(i: int = 0) -> Image.Image:
-    from data_tools.images import fashion_mnist
+    from corefm.data.image_sets import fashion_mnist
 
     (images, _), _, _ = fashion_mnist()
     return Image.fromarray(images[i])
@@ -77,7 +77,7 @@ def test_stereo_depth_matches_ground_truth_disparity(tmp_path):
     with ShardWriter(tmp_path / "in", prefix="train") as w:
         w.write({"__key__": "pair", "png": png(small_l), "right.png": png(small_r), "txt": "a motorcycle"})
         w.write({"__key__": "single", "png": png(small_l), "txt": "a motorcycle"})
-    from data_tools.pseudo_label import run
+    from projects.clip_pseudo.data.pseudo_label import run
 
     report = run(tmp_path / "in", tmp_path / "out", "stereo-depth:32", workers=1)
     assert report["samples_out"] == 2 and report["expert_errors"] == {"stereo-depth": 1}
@@ -123,7 +123,7 @@ def test_transformers_pipelines_as_experts(tiny_hf_models, fashion_it, tmp_path)
     assert seg.version.startswith("transformers-") and "@" in seg.version
     assert build_expert(f"hf-seg:{tiny_hf_models / 'seg'}").version == seg.version  # same weights, same version
     # in the tool, two worker processes each load the model themselves
-    from data_tools.pseudo_label import run
+    from projects.clip_pseudo.data.pseudo_label import run
 
     report = run(fashion_it / "val", tmp_path / "out", f"hf-seg:{tiny_hf_models / 'seg'}", workers=2)
     assert report["samples_out"] == 384 and not report["expert_errors"]

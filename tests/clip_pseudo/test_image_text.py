@@ -14,7 +14,7 @@ from PIL import Image
 
 from corefm.data import DataError, load_manifest
 from corefm.data.shards import iter_shard
-from data_tools.image_text import build
+from projects.clip_pseudo.data.image_text import build
 
 
 def _png(color, size=(20, 16)) -> bytes:

@@ -12,7 +12,7 @@ from PIL import Image
 
 from corefm.data import DataError, ShardWriter, load_manifest
 from corefm.data.shards import iter_shard
-from data_tools.pseudo_label import run
+from projects.clip_pseudo.data.pseudo_label import run
 
 FLAKY = "import:tests.clip_pseudo.experts_fixture.Flaky"
 

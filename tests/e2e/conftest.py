@@ -9,7 +9,7 @@ import pytest
 
 @pytest.fixture(scope="session")
 def digits(tmp_path_factory) -> Path:
-    from data_tools.images import build
+    from corefm.data.image_sets import build
 
     out = tmp_path_factory.mktemp("digits")
     build("digits", out, train_shards=8, val_shards=4)

@@ -73,7 +73,7 @@ def test_a_caption_that_is_not_utf8_is_a_listed_reject(cli, tmp_path):
     for i in range(3):
         Image.fromarray(np.full((8, 8, 3), 40 * i, np.uint8)).save(tmp_path / f"{i}.png")
     (tmp_path / "t.csv").write_bytes(b"filepath,caption\n0.png,a red square\n1.png,caf\xe9 au lait\n2.png,a box\n")
-    r = cli("data", "image-text", "--source", f"csv:{tmp_path / 't.csv'}", "--out", tmp_path / "out")
+    r = cli("clip", "image-text", "--source", f"csv:{tmp_path / 't.csv'}", "--out", tmp_path / "out")
     assert r.returncode == 0, r.stderr
     rejects = [json.loads(x) for x in (tmp_path / "out" / "rejects.jsonl").read_text().splitlines()]
     assert rejects == [{"key": "row-00000001", "source": "1.png", "reason": "bad caption: not UTF-8"}]

@@ -193,7 +193,7 @@ def test_bad_labels_are_skipped_and_counted_then_bounded(tmp_path):
     import numpy as np
 
     from corefm.data import ShardWriter
-    from data_tools.images import _png
+    from corefm.data.image_sets import _png
 
     def shards(out: Path, bad_every: int) -> Path:
         rng = np.random.default_rng(0)

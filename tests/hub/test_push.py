@@ -69,7 +69,7 @@ def hub(monkeypatch):
 def finished_run(tmp_path):
     run = tmp_path / "run"
     run.mkdir()
-    recipe = {"model": {"name": "toy_net", "width": 8}, "task": {"name": "classification"},
+    recipe = {"model": {"name": "vit_classifier", "width": 8}, "task": {"name": "classification"},
               "train": {"micro_batch_size": 4}, "data": {"train": "shards/train"}}
     (run / "recipe.json").write_text(json.dumps(recipe))
     (run / "final.json").write_text(json.dumps({"step": 10, "loss": 0.5, "eval": {"accuracy": 0.75}}))

@@ -23,7 +23,7 @@ TINY = ROOT / "projects/openelm/configs/tiny.yaml"
 def data(tmp_path_factory, lm_tokenizer):
     root = tmp_path_factory.mktemp("lm")
     write_text_files(root / "txt", documents(80, seed=7))
-    r = run(corefm_cmd("data", "tokenize", "--input", str(root / "txt"), "--tokenizer", str(lm_tokenizer),
+    r = run(corefm_cmd("openelm", "tokenize", "--input", str(root / "txt"), "--tokenizer", str(lm_tokenizer),
                        "--out", str(root / "data"), "--seq-len", "32", "--val-docs", "8", "--val-shards", "2",
                        "--shard-samples", "16"))
     assert r.returncode == 0, r.stderr[-3000:]

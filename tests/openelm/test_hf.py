@@ -238,7 +238,7 @@ def test_mismatched_checkpoints_fail_with_one_clear_error(exported, tmp_path):
 
 
 def test_release_writer_makes_a_transformers_folder(exported, tmp_path):
-    from corefm.hub.release import WRITERS
+    from corefm.hub.release import writer_for
 
     model, cfg, _ = exported
     run = tmp_path / "run"
@@ -251,7 +251,7 @@ def test_release_writer_makes_a_transformers_folder(exported, tmp_path):
     (run / "recipe.json").write_text(json.dumps(recipe))
     (run / "final.json").write_text(json.dumps({"step": 3, "loss": 1.0, "eval": {"ppl": 9.5}}))
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(run / "model.safetensors"))
-    files = WRITERS["openelm"](run, tmp_path / "release", recipe)
+    files = writer_for("openelm")(run, tmp_path / "release", recipe)
     assert {f.name for f in files} >= {"config.json", "model.safetensors", "modeling_openelm.py", "README.md"}
     hf = AutoModelForCausalLM.from_pretrained(tmp_path / "release").eval()
     x = ids()

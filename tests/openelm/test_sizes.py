@@ -11,8 +11,7 @@ import torch
 import yaml
 
 from corefm.errors import ConfigError
-from corefm.registry import TASKS, load_projects
-from corefm.train.config import from_dict
+from corefm.train.config import from_dict, load_recipe
 from projects.openelm.config import (SIZES, OpenELMConfig, layer_specs, linspace, make_divisible, named_config,
                                      openelm_1_1b, openelm_3b, openelm_270m, openelm_450m, tiny)
 from projects.openelm.model import OpenELM
@@ -138,17 +137,12 @@ def test_generate_with_cache_matches_full_recompute():
 
 @pytest.mark.parametrize("path", RECIPES, ids=[p.stem for p in RECIPES])
 def test_recipe_model_sections_build(path):
-    raw = yaml.safe_load(path.read_text())
-    body = {k: v for k, v in raw["model"].items() if k != "name"}
-    assert raw["model"]["name"] == "openelm"
-    cfg = from_dict(OpenELMConfig, body, "model")
+    recipe = load_recipe(path)  # the whole recipe parses: preset, then the keys it writes
+    assert recipe.model_name == "openelm"
+    cfg = recipe.model
     model = meta_model(cfg)
-    size = path.stem if path.stem in SIZES else None
-    if size:
-        assert replace(cfg, activation_checkpointing=False) == named_config(size)
+    size = path.stem.removeprefix("openelm_") if path.stem.startswith("openelm_") else None
+    if size:  # the paper recipes name their size's preset
+        assert yaml.safe_load(path.read_text())["model"]["preset"] == f"openelm_{size}"
+        assert replace(cfg, activation_checkpointing=False) == named_config(f"openelm_{size}")
     assert sum(p.numel() for p in model.parameters()) > 0
-    load_projects()
-    if "causal_lm" in TASKS:  # the LM task lives elsewhere; once registered the whole recipe must parse
-        from corefm.train.config import load_recipe
-
-        assert load_recipe(path).model_name == "openelm"

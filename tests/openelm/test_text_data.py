@@ -1,4 +1,4 @@
-"""`corefm data tokenize`: packing arithmetic, chunk-and-pad, document-disjoint val split, input formats."""
+"""`corefm openelm tokenize`: packing arithmetic, chunk-and-pad, document-disjoint val split, input formats."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from corefm.cli import main
 from corefm.data import DataError, load_manifest
 from corefm.data.shards import iter_shard
 from corefm.data.urls import expand_urls
-from data_tools.text import Packer, TokenizeConfig, chunk_pad, tokenize_corpus
+from projects.openelm.data.token_shards import Packer, TokenizeConfig, chunk_pad, tokenize_corpus
 from projects.openelm.baseline import unigram_perplexity
 from ._lm_data import documents, write_text_files
 
@@ -117,7 +117,7 @@ def test_jsonl_parquet_and_blank_line_text_give_the_same_tokens(tmp_path, lm_tok
 
 def test_bad_input_costs_one_line(tmp_path, lm_tokenizer, capsys):
     (tmp_path / "a.jsonl").write_text(json.dumps({"content": "hello"}) + "\n")
-    base = ["data", "tokenize", "--tokenizer", str(lm_tokenizer), "--out", str(tmp_path / "o"), "--seq-len", "8"]
+    base = ["openelm", "tokenize", "--tokenizer", str(lm_tokenizer), "--out", str(tmp_path / "o"), "--seq-len", "8"]
     cases = [
         (["--input", str(tmp_path / "a.jsonl")], "a.jsonl:1: no key 'text' (keys: content); pass --text-key"),
         (["--input", str(tmp_path / "nothing*.txt")], "no such file, folder or matching files"),

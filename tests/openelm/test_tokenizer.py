@@ -181,17 +181,17 @@ def test_train_sentencepiece_bad_input_is_one_line(corpus, tmp_path):
 
 def test_cli_commands(llama_gguf, corpus, tmp_path, capsys):
     parser = argparse.ArgumentParser()
-    data = parser.add_subparsers(dest="command").add_parser("data").add_subparsers(dest="data_command")
+    data = parser.add_subparsers(dest="command").add_parser("openelm").add_subparsers(dest="openelm_command")
     add_tokenizer_cli(data)
-    args = parser.parse_args(["data", "llama-tokenizer", "--source", str(llama_gguf), "--out", str(tmp_path / "l")])
+    args = parser.parse_args(["openelm", "llama-tokenizer", "--source", str(llama_gguf), "--out", str(tmp_path / "l")])
     assert args.func(args) == 0
     assert "46/46 llama.cpp reference tokenizations match" in capsys.readouterr().out
     assert AutoTokenizer.from_pretrained(tmp_path / "l")("Hello world").input_ids == [1, 15043, 3186]
-    args = parser.parse_args(["data", "train-tokenizer", "--input", str(corpus[0]), "--vocab-size", "300",
+    args = parser.parse_args(["openelm", "train-tokenizer", "--input", str(corpus[0]), "--vocab-size", "300",
                               "--out", str(tmp_path / "t")])
     assert args.func(args) == 0 and (tmp_path / "t" / "tokenizer.json").is_file()
     with pytest.raises(ConfigError, match="no such file"):
-        args = parser.parse_args(["data", "llama-tokenizer", "--source", str(tmp_path / "x.gguf"), "--out", "o"])
+        args = parser.parse_args(["openelm", "llama-tokenizer", "--source", str(tmp_path / "x.gguf"), "--out", "o"])
         args.func(args)
 
 

@@ -14,8 +14,8 @@ from tests.conftest import require_fashion_mnist
 @pytest.fixture(scope="session")
 def fashion_seg(tmp_path_factory) -> Path:
     """OUT/train and OUT/val (4 shards x 32 each) of Fashion-MNIST images with seg.png and cls."""
-    from data_tools.image_text import build
-    from data_tools.pseudo_label import run
+    from projects.clip_pseudo.data.image_text import build
+    from projects.clip_pseudo.data.pseudo_label import run
 
     require_fashion_mnist()
     it = tmp_path_factory.mktemp("fashion_it")
@@ -29,7 +29,9 @@ def fashion_seg(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def clip_teacher_dir(tmp_path_factory) -> Path:
     """An open_clip folder of corefm's tiny CLIP (28 px, embed 64), as `corefm release` writes it."""
-    from projects.clip_pseudo import ClipModel, named_config, save_open_clip
+    from projects.clip_pseudo.config import named_config
+    from projects.clip_pseudo.model import ClipModel
+    from projects.clip_pseudo.openclip_io import save_open_clip
 
     torch.manual_seed(0)
     cfg = named_config("tiny")

@@ -39,16 +39,16 @@ def teacher_data(fashion_seg, clip_teacher_dir, tmp_path_factory):
     result = _train("fashion_sam_teacher.yaml", sam_run, **{"data.train": fashion_seg / "train",
                                                             "data.val": fashion_seg / "val"})
     assert {"miou_gt_point", "miou_gt_box"} <= set(result["eval"])
-    r = run(corefm_cmd("sam-clip-export-sam", str(sam_run), str(sam_pth)))
+    r = run(corefm_cmd("sam-clip", "export-sam", str(sam_run), str(sam_pth)))
     assert r.returncode == 0, r.stderr[-3000:]
     build_sam(load_sam_config(sam_pth)).load_state_dict(torch.load(sam_pth, weights_only=True))
 
-    from data_tools.sam_teacher import run as teacher_outputs
+    from projects.sam_clip.teacher_outputs import run as teacher_outputs
 
     data = tmp / "data"
     teacher_outputs(fashion_seg / "train", data / "clip_set", clip=str(clip_teacher_dir), shards="0:2")
     teacher_outputs(fashion_seg / "train", data / "sam_set", sam=str(sam_pth), shards="2:4", samples_per_shard=16)
-    r = run(corefm_cmd("data", "teacher-outputs", "--in", str(fashion_seg / "val"), "--out", str(data / "val"),
+    r = run(corefm_cmd("sam-clip", "teacher-outputs", "--in", str(fashion_seg / "val"), "--out", str(data / "val"),
                        "--clip", str(clip_teacher_dir), "--sam", str(sam_pth)))
     assert r.returncode == 0, r.stderr[-3000:]
     return tmp, sam_pth, data
@@ -88,7 +88,7 @@ def test_eval_and_release(teacher_data, fashion_seg):
     res_dir = tmp / "resolution"
     if not (res_dir / "model.safetensors").is_file():
         pytest.skip("needs test_three_stages_on_two_ranks")
-    r = run(corefm_cmd("sam-clip-eval", str(res_dir), "--data", str(fashion_seg / "val"), "--teachers",
+    r = run(corefm_cmd("sam-clip", "eval", str(res_dir), "--data", str(fashion_seg / "val"), "--teachers",
                        "--max-samples", "64", "--json", str(res_dir / "sam_clip_eval.json")))
     assert r.returncode == 0, r.stderr[-3000:]
     metrics = json.loads((res_dir / "sam_clip_eval.json").read_text())

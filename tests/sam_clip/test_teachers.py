@@ -21,7 +21,7 @@ from tests.sam_clip.conftest import make_sam_teacher
 
 @pytest.fixture(scope="module")
 def stored(fashion_seg, clip_teacher_dir, sam_teacher_pth, tmp_path_factory):
-    from data_tools.sam_teacher import run
+    from projects.sam_clip.teacher_outputs import run
 
     out = tmp_path_factory.mktemp("teacher_outputs")
     report = run(fashion_seg / "val", out, clip=str(clip_teacher_dir), sam=str(sam_teacher_pth), shards="0:2",

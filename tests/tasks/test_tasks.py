@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from corefm.tasks.causal_lm import CausalLMConfig, CausalLMTask
 from corefm.tasks.classification import ClassificationConfig, ClassificationTask
 from corefm.data.errors import SkipSample
+from corefm.errors import ConfigError
 
 
 def lm(vocab=11):
@@ -110,3 +111,16 @@ def test_classification_transform_and_metrics():
     with pytest.raises(SkipSample):
         fn({"__key__": "nolabel", "png": buf.getvalue()})
     assert task.eval_metrics({"correct": 3.0, "count": 4.0, "loss_sum": 2.0})["accuracy"] == 0.75
+
+
+def test_classification_input_follows_the_model_and_a_contradiction_is_one_line():
+    from corefm.train.build import build_task
+    from corefm.train.config import parse_recipe
+
+    model = {"name": "vit_classifier", "image_size": 8, "patch_size": 2, "in_chans": 1, "width": 16,
+             "layers": 1, "heads": 2}
+    task = build_task(parse_recipe({"model": model, "task": {"name": "classification"}}))
+    assert (task.cfg.image_size, task.cfg.channels) == (8, 1)
+    for key, value, model_key in (("image_size", 16, "image_size"), ("channels", 3, "in_chans")):
+        with pytest.raises(ConfigError, match=rf"^task.{key} is {value} but model.{model_key} is \d: leave"):
+            build_task(parse_recipe({"model": model, "task": {"name": "classification", key: value}}))

@@ -79,3 +79,37 @@ def test_schedules():
     lin = ScheduleConfig(name="linear")
     assert lr_factor(50, lin, 100) == pytest.approx(0.5)
     assert lr_factor(50, ScheduleConfig(name="constant", warmup_steps=5), 100) == 1.0
+
+
+def test_a_bool_is_not_a_zero_stage():
+    # True == 1 in Python: YAML's `zero_stage: true` once passed as stage 1
+    for value in (True, False, 1.0):
+        with pytest.raises(ConfigError, match=r"deepspeed.zero_stage: .* is not one of 0, 1, 2, 3"):
+            parse_recipe(base() | {"deepspeed": {"zero_stage": value}})
+    assert parse_recipe(base() | {"deepspeed": {"zero_stage": 1}}).deepspeed.zero_stage == 1
+
+
+def test_preset_fields_then_explicit_keys_even_ones_equal_to_a_default():
+    raw = {"model": {"name": "sam_clip", "preset": "tiny", "img_size": 1024, "depth": 2,
+                     "global_attn_indexes": [1]},
+           "task": {"name": "sam_clip", "stage": "probe"}}
+    model = parse_recipe(raw).model
+    # img_size 1024 is the dataclass default (SAM ViT-B) and the tiny preset says 32: the recipe wins
+    assert (model.img_size, model.depth, model.embed_dim) == (1024, 2, 64)
+    resolved = recipe_to_dict(parse_recipe(raw))["model"]
+    assert "preset" not in resolved and resolved["embed_dim"] == 64  # recipe.json is fully explicit
+    assert parse_recipe({**raw, "model": resolved}).model == model
+
+
+def test_unknown_or_unsupported_preset_is_one_line():
+    with pytest.raises(ConfigError, match=r"^model.preset: unknown openelm preset 'openelm_7b' \(known: "
+                                          r"openelm_270m, .*tiny, demo\)$"):
+        parse_recipe({"model": {"name": "openelm", "preset": "openelm_7b"}, "task": {"name": "causal_lm"}})
+    with pytest.raises(ConfigError, match=r"^task.preset: task 'classification' has no presets$"):
+        parse_recipe({**base(), "task": {"name": "classification", "preset": "x"}})
+    # CLIP reads open_clip's configs: a known ResNet config is refused for what it is
+    with pytest.raises(ConfigError, match="ResNet image tower"):
+        parse_recipe({"model": {"name": "clip", "preset": "RN50"}, "task": {"name": "clip"}})
+    vit = parse_recipe({"model": {"name": "clip", "preset": "ViT-B-32", "text_layers": 2},
+                        "task": {"name": "clip"}}).model
+    assert (vit.patch_size, vit.vision_width, vit.text_layers) == (32, 768, 2)

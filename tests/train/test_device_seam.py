@@ -98,7 +98,7 @@ def test_collectives_refuse_tensors_off_the_communication_device():
 
 @pytest.fixture(scope="module")
 def digits(tmp_path_factory) -> Path:
-    from data_tools.images import build
+    from corefm.data.image_sets import build
 
     out = tmp_path_factory.mktemp("digits")
     build("digits", out, train_shards=2, val_shards=1)
@@ -118,7 +118,7 @@ def _trainer(tmp_path: Path, task: torch.nn.Module, recipe, batches: list) -> tu
     return trainer, engine
 
 
-@pytest.mark.filterwarnings("ignore:Detected call of `lr_scheduler.step\(\)`")  # no real optimizer step here
+@pytest.mark.filterwarnings(r"ignore:Detected call of `lr_scheduler.step\(\)`")  # no real optimizer step here
 def test_training_steps_run_on_the_chosen_device_without_host_syncs(digits, tmp_path, monkeypatch):
     recipe = load_recipe(ROOT / "projects/vit/configs/digits_tiny.yaml", [
         f"data.train={digits / 'train'}", f"data.val={digits / 'val'}", "data.num_workers=0",

@@ -7,7 +7,7 @@ import pytest
 
 from corefm.train.config import parse_recipe
 from corefm.train.ds_config import build_ds_config
-from launch.runner import LaunchSpec, deepspeed_command
+from corefm.train.launcher import LaunchSpec, deepspeed_command
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -25,7 +25,8 @@ def test_hostfile_goes_through_deepspeeds_launcher(tmp_path):
 
 
 def test_shell_scripts_parse():
-    for script in ("launch/slurm.sbatch", "launch/setup.sh", "launch/demo.sh", ".ci/run"):
+    for script in ("launch/slurm.sbatch", "launch/setup.sh", "launch/demo.sh", "launch/smoke.sh", ".ci/run",
+                   *(str(p.relative_to(ROOT)) for p in sorted(ROOT.glob("projects/*/demo.sh")))):
         assert subprocess.run(["bash", "-n", str(ROOT / script)]).returncode == 0, script
 
 

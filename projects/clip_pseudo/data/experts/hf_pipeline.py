@@ -5,7 +5,7 @@ writes ``seg.png``: each pixel the index (``config.label2id``) of the mask cover
 none does (uint16 PNG with 65535 as "none" when the model has more than 255 classes).
 ``hf-depth:PATH_OR_ID`` runs a ``depth-estimation`` pipeline (DPT, GLPN, Depth Anything) and
 writes ``depth.png``: the model's prediction at the image's size in the shared depth.png
-convention (:mod:`data_tools.experts.base`; DPT-style models predict relative inverse depth).
+convention (:mod:`projects.clip_pseudo.data.experts.base`; DPT-style models predict relative inverse depth).
 ``hf-det:PATH_OR_ID`` runs an ``object-detection`` pipeline (DETR, YOLOS, ...) and writes
 ``boxes.json`` with the boxes scoring at least 0.5, their labels and scores.
 
@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from data_tools.experts.base import Expert, relative_depth
+from projects.clip_pseudo.data.experts.base import Expert, relative_depth
 
 
 def folder_hash(path: Path) -> str:

@@ -29,7 +29,7 @@ def add_cli(sub):
 
 
 def _images(args: argparse.Namespace) -> int:
-    from data_tools.images import build
+    from corefm.data.image_sets import build
 
     for split, path in build(args.source, Path(args.out), args.train_shards, args.val_shards).items():
         print(f"{split}: {path}")

@@ -1,6 +1,6 @@
-"""Token shards for causal LM training: ``corefm data tokenize``.
+"""Token shards for causal LM training: ``corefm openelm tokenize``.
 
-Text, JSONL and Parquet corpora (see :mod:`data_tools.text_sources`) become ``train/`` and
+Text, JSONL and Parquet corpora (see :mod:`projects.openelm.data.sources`) become ``train/`` and
 ``val/`` shard sets whose samples hold ``tokens.npy``: an int32 array of ``seq_len + 1`` ids
 (inputs are ``[:-1]``, targets ``[1:]``), where -1 marks padding that the LM task neither
 attends to as a target nor counts. Each document is ``[BOS] + tokens + [EOS]`` (LLaMA adds a BOS
@@ -31,7 +31,7 @@ import numpy as np
 from tqdm import tqdm
 
 from corefm.data import DataError, ShardWriter
-from data_tools.text_sources import TxtDocs, expand_inputs, iter_documents
+from projects.openelm.data.sources import TxtDocs, expand_inputs, iter_documents
 
 VERSION = "1"
 PAD = -1
@@ -230,7 +230,7 @@ def tokenize_corpus(cfg: TokenizeConfig) -> dict[str, dict]:
         raise DataError(f"no non-empty documents in {len(files)} input file(s)")
     val = choose_val(num_docs, cfg.val_fraction, cfg.val_docs, cfg.seed)
     args = {k: v for k, v in asdict(cfg).items() if k not in ("out", "source")}
-    producer = {"name": "data_tools.text", "version": VERSION, "args": args, "tokenizer": tok_record,
+    producer = {"name": "projects.openelm.data.token_shards", "version": VERSION, "args": args, "tokenizer": tok_record,
                 "mode": cfg.mode, "seq_len": cfg.seq_len, "pad_id": PAD, "input_files": len(files),
                 "empty_documents_skipped": stats.get("empty", 0), **cfg.source}
     splits = {"train": _Split("train", out / "train", cfg, producer)}

@@ -78,7 +78,7 @@ def _split(key: str, val_fraction: float, seed: int) -> str:
 
 
 def fashion_items(seed: int = 0, limit: int = 0) -> Iterator[Item]:
-    from data_tools.images import fashion_mnist
+    from corefm.data.image_sets import fashion_mnist
 
     rng = random.Random(seed)
     for split, (images, labels) in zip(("train", "val"), fashion_mnist()[:2]):
@@ -310,7 +310,7 @@ def build(source: str, out: Path, *, samples_per_shard: int = 1000, val_fraction
         items = islice(items, limit)
     first = next(items, None)  # a missing source fails here, as one line, before any output exists
     items = chain([first], items) if first is not None else iter(())
-    producer = {"name": "data_tools.image_text", "version": "1", "source": source,
+    producer = {"name": "projects.clip_pseudo.data.image_text", "version": "1", "source": source,
                 **({"classes": classes} if classes else {})}
     writers: dict[str, ShardWriter] = {}
     counts: Counter = Counter()

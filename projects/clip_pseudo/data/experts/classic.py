@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image
 
-from data_tools.experts.base import Expert, grey, relative_depth
+from projects.clip_pseudo.data.experts.base import Expert, grey, relative_depth
 
 
 def otsu_threshold(values: np.ndarray) -> int:

@@ -129,7 +129,7 @@ def build(out: Path, num_speakers: int = 48, val_fraction: float = 0.2, pitches:
     val: list[dict] = []
     for clip in _clips(chosen, list(pitches), list(speeds)):
         (val if clip["json"]["speaker"] in held_out else train).append(clip)
-    producer = {"name": "data_tools.audio", "source": "speech-digits", "classes": WORDS,
+    producer = {"name": "projects.byteformer.speech", "source": "speech-digits", "classes": WORDS,
                 "args": {"speakers": num_speakers, "val_speakers": sorted(held_out), "pitches": list(pitches),
                          "speeds": list(speeds), "asterisk": asterisk, "seed": seed, "sample_rate": SAMPLE_RATE}}
     return {"train": _write(train, out / "train", "train", train_shards, producer),

@@ -64,7 +64,7 @@ def build_shakespeare(out: str | Path, tokenizer: str | Path | None = None, seq_
                       mode: str = "pack", val_docs: int = 2, shard_samples: int = 256, val_shards: int = 4,
                       seed: int = 0) -> dict:
     """Tokenize the corpus (one document per play or poem) into ``out/{train,val,tokenizer}``."""
-    from data_tools.text import TokenizeConfig, tokenize_corpus
+    from projects.openelm.data.token_shards import TokenizeConfig, tokenize_corpus
 
     texts = fetch_shakespeare()
     cfg = TokenizeConfig(inputs=[str(p) for p in texts], tokenizer=str(tokenizer or llama_tokenizer_dir()),

@@ -20,13 +20,13 @@ import importlib
 from typing import Callable
 
 from corefm.data import DataError
-from data_tools.experts.base import Expert, encode_label
+from projects.clip_pseudo.data.experts.base import Expert, encode_label
 
 __all__ = ["EXPERTS", "Expert", "build_expert", "build_experts", "encode_label", "split_specs"]
 
 
 def _canny(arg: str) -> Expert:
-    from data_tools.experts.classic import CannyEdges
+    from projects.clip_pseudo.data.experts.classic import CannyEdges
 
     if not arg:
         return CannyEdges()
@@ -38,19 +38,19 @@ def _canny(arg: str) -> Expert:
 
 
 def _otsu(arg: str) -> Expert:
-    from data_tools.experts.classic import OtsuForeground
+    from projects.clip_pseudo.data.experts.classic import OtsuForeground
 
     return OtsuForeground()
 
 
 def _haar(arg: str) -> Expert:
-    from data_tools.experts.classic import HaarBoxes
+    from projects.clip_pseudo.data.experts.classic import HaarBoxes
 
     return HaarBoxes(arg or "frontalface_default")
 
 
 def _stereo(arg: str) -> Expert:
-    from data_tools.experts.classic import StereoDepth
+    from projects.clip_pseudo.data.experts.classic import StereoDepth
 
     try:
         return StereoDepth(int(arg)) if arg else StereoDepth()
@@ -59,19 +59,19 @@ def _stereo(arg: str) -> Expert:
 
 
 def _hf_seg(arg: str) -> Expert:
-    from data_tools.experts.hf_pipeline import HFSegmentation
+    from projects.clip_pseudo.data.experts.hf_pipeline import HFSegmentation
 
     return HFSegmentation(arg)
 
 
 def _hf_depth(arg: str) -> Expert:
-    from data_tools.experts.hf_pipeline import HFDepth
+    from projects.clip_pseudo.data.experts.hf_pipeline import HFDepth
 
     return HFDepth(arg)
 
 
 def _hf_det(arg: str) -> Expert:
-    from data_tools.experts.hf_pipeline import HFDetection
+    from projects.clip_pseudo.data.experts.hf_pipeline import HFDetection
 
     return HFDetection(arg)
 
@@ -83,7 +83,7 @@ def _import(arg: str) -> Expert:
     except (ImportError, AttributeError, ValueError, TypeError) as e:  # TypeError: label() not implemented
         raise DataError(f"import:{arg}: cannot load the expert class ({type(e).__name__}: {e})") from None
     if not isinstance(expert, Expert):
-        raise DataError(f"import:{arg} is not a data_tools.experts.Expert")
+        raise DataError(f"import:{arg} is not a projects.clip_pseudo.data.experts.Expert")
     return expert
 
 

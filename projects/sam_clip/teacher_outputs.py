@@ -1,4 +1,4 @@
-"""``corefm data teacher-outputs``: store SAM-CLIP teacher outputs in shards (dataset reinforcement).
+"""``corefm sam-clip teacher-outputs``: store SAM-CLIP teacher outputs in shards (dataset reinforcement).
 
 Copies every sample of the input shard set and adds, per teacher asked for:
 
@@ -30,7 +30,7 @@ from corefm.data.shards import iter_shard
 from corefm.data.writer import ShardWriter
 from corefm.errors import ConfigError
 
-PRODUCER = "data_tools.sam_teacher"
+PRODUCER = "projects.sam_clip.teacher_outputs"
 
 
 def _shard_range(spec: str, n: int) -> range:

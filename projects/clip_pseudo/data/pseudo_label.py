@@ -1,6 +1,6 @@
 """Run pseudo-label experts over a shard set and write a new shard set with their labels.
 
-    corefm data pseudo-label --in data/fm/train --out data/fm-pl/train --experts otsu-seg,canny --workers 2
+    corefm clip pseudo-label --in data/fm/train --out data/fm-pl/train --experts otsu-seg,canny --workers 2
 
 Input shard ``X.tar`` becomes output shard ``X.tar`` with every input member kept, one extra key
 per expert (``seg.png``, ``edges.png``, ``depth.png``, ``boxes.json``, ...) and provenance in the
@@ -33,11 +33,11 @@ from tqdm import tqdm
 from corefm.data import DataError, ShardWriter, load_manifest, one_line, write_manifest
 from corefm.data.manifest import ShardInfo
 from corefm.data.shards import READ_ERRORS, iter_shard
-from data_tools.experts import Expert, build_experts
+from projects.clip_pseudo.data.experts import Expert, build_experts
 
 IMAGE_KEYS = ("jpg", "jpeg", "png", "webp", "bmp", "tiff", "tif", "ppm")
 STATE_DIR = ".pseudo-label"
-PRODUCER = "data_tools.pseudo_label"
+PRODUCER = "projects.clip_pseudo.data.pseudo_label"
 
 
 @dataclass

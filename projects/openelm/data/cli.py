@@ -1,4 +1,4 @@
-"""``corefm data tokenize`` and ``corefm data shakespeare``: token shards for causal LMs."""
+"""``corefm openelm tokenize`` and ``corefm openelm shakespeare``: token shards for causal LMs."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import argparse
 
 
 def add_text_cli(sub) -> None:
-    """Add both commands to the ``corefm data`` sub-command table."""
+    """Add both commands to the ``corefm openelm`` sub-command table."""
     t = sub.add_parser(
         "tokenize", help="tokenize text/JSONL/Parquet corpora into LM token shards (train/ + val/)",
         description="Write OUT/train and OUT/val shard sets of tokens.npy (int32, seq_len + 1 ids, -1 = padding) "
@@ -56,7 +56,7 @@ def _report(result: dict) -> None:
 
 
 def _tokenize(args: argparse.Namespace) -> int:
-    from data_tools.text import TokenizeConfig, tokenize_corpus
+    from projects.openelm.data.token_shards import TokenizeConfig, tokenize_corpus
 
     cfg = TokenizeConfig(inputs=args.input, tokenizer=args.tokenizer, out=args.out, seq_len=args.seq_len,
                          mode=args.mode, text_key=args.text_key, txt_docs=args.txt_docs,
@@ -67,7 +67,7 @@ def _tokenize(args: argparse.Namespace) -> int:
 
 
 def _shakespeare(args: argparse.Namespace) -> int:
-    from data_tools.text_shakespeare import build_shakespeare
+    from projects.openelm.data.shakespeare import build_shakespeare
 
     _report(build_shakespeare(args.out, args.tokenizer or None, seq_len=args.seq_len, mode=args.mode,
                               val_docs=args.val_docs, shard_samples=args.shard_samples, val_shards=args.val_shards,

@@ -106,7 +106,7 @@ def write_split(split, classes: list[str], out_dir: Path, prefix: str, num_shard
     """Write one split into ``num_shards`` equal shards plus ``dataset.json``."""
     n = len(split[0]) if isinstance(split, tuple) else len(split)
     per_shard = max(1, math.ceil(n / num_shards))
-    producer = {"name": "data_tools.images", "source": source, "classes": classes}
+    producer = {"name": "corefm.data.image_sets", "source": source, "classes": classes}
     with ShardWriter(out_dir, prefix=prefix, max_samples_per_shard=per_shard, producer=producer) as w:
         for sample in tqdm(_samples(split, classes, source), total=n, desc=f"{source}/{prefix}", unit="img"):
             w.write(sample)

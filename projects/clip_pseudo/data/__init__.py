@@ -1,0 +1,1 @@
+"""CLIP + pseudo-label data tools: image-text shards, pseudo-label experts and writers."""

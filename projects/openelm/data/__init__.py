@@ -1,0 +1,1 @@
+"""OpenELM's data tools: tokenizer training, token shards, the Shakespeare corpus."""
