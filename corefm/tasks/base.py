@@ -62,6 +62,12 @@ class Task(nn.Module):
     ranks and batches before :meth:`eval_metrics` turns them into metrics.
     """
 
+    # True when the training loss couples the samples of a batch (a contrastive loss): with
+    # ``train.grad_accum > 1`` the trainer then caches gradients (corefm/train/grad_cache.py) so the
+    # loss sees all micro-batches of a step, and the task must define :meth:`coupled_loss` and
+    # answer ``forward(batch, mode="embed")`` and ``forward(batch, embed_grads=...)``.
+    couples_samples: bool = False
+
     def __init__(self, model: nn.Module):
         super().__init__()
         self.model = model
@@ -81,6 +87,11 @@ class Task(nn.Module):
     def place(self, device: torch.device) -> None:
         """Called once the engine holds the task on ``device``: move there what the task keeps outside
         its module tree (frozen teachers, class embeddings). Default: nothing to move."""
+
+    def coupled_loss(self, embeds: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+        """The coupled loss over the ``mode="embed"`` outputs of all micro-batches of a step (``{"loss":
+        scalar, **logs}``). Only for tasks with :attr:`couples_samples`."""
+        raise TypeError(f"{type(self).__name__} does not couple samples (couples_samples is False)")
 
     def external_parameters(self) -> list[nn.Parameter]:
         """Parameters this task's own ``forward`` reads outside the forwards of the modules that own

@@ -38,6 +38,12 @@ class LaunchSpec:
     launcher: str = "corefm"  # "corefm" (this module) or "deepspeed" (DeepSpeed's launcher)
 
 
+def threads_per_process(local_procs: int) -> int:
+    """CPU threads for each of ``local_procs`` processes sharing this node's cores (without a limit
+    each would start one thread per core and they would oversubscribe the node)."""
+    return max(1, (os.cpu_count() or 1) // max(1, local_procs))
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -83,7 +89,7 @@ def run_local(spec: LaunchSpec, worker_args: list[str], stop=None) -> int:
                    LOCAL_WORLD_SIZE=str(spec.nproc), MASTER_ADDR=spec.master_addr, MASTER_PORT=str(port),
                    COREFM_ERROR_FILE=str(err_dir / f"rank{rank}.txt"))
         # Processes share the cores of this node; without this each would start one thread per core.
-        env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // spec.nproc)))
+        env.setdefault("OMP_NUM_THREADS", str(threads_per_process(spec.nproc)))
         procs.append(subprocess.Popen([sys.executable, *WORKER, *worker_args], env=env))
         if received:
             procs[-1].send_signal(received[0])

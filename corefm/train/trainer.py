@@ -32,6 +32,7 @@ from corefm.train.comm import Comm
 from corefm.train.config import Recipe, parse_recipe, recipe_to_dict
 from corefm.train.ds_config import build_ds_config
 from corefm.train.evaluate import evaluate
+from corefm.train.grad_cache import cached_micro_steps
 from corefm.train.meters import Throughput, cluster_peak, count_flops
 from corefm.train.monitor import Monitor
 from corefm.train.optim import build_optimizer
@@ -217,26 +218,37 @@ class Trainer:
 
     def train_step(self) -> None:
         """``grad_accum`` micro-batches forward and backward, then one optimizer step (skipped on every
-        rank if any rank's loss was not finite) and one schedule step."""
-        for micro in range(self.cfg.grad_accum):
-            batch = self.placement.move(next(self.batches), self.dtype)
-            out = self.forward(batch)
-            self.window.add(out)
-            self.guard.note(out["loss"])
-            self.engine.backward(out["loss"])
-            if micro == self.cfg.grad_accum - 1:
-                self.guard.arm(self.step + 1)
-            self.engine.step()  # DeepSpeed's optimizer step happens at the accumulation boundary
-            self.meter.update(self.cfg.micro_batch_size * self.comm.world, 0, self.flops_per_micro * self.comm.world)
+        rank if any rank's loss was not finite) and one schedule step. A task whose loss couples the
+        samples of a batch gets the whole step's micro-batches at once, through gradient caching."""
+        k = self.cfg.grad_accum
+        if k > 1 and self.task.couples_samples:
+            batches = [self.placement.move(next(self.batches), self.dtype) for _ in range(k)]
+            cached_micro_steps(self.forward, self.task.coupled_loss, batches, self.engine.backward,
+                               self.after_backward)
+        else:
+            for micro in range(k):
+                out = self.forward(self.placement.move(next(self.batches), self.dtype))
+                self.engine.backward(out["loss"])
+                self.after_backward(micro, out)
         self.scheduler.step()
 
-    def forward(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+    def after_backward(self, micro: int, out: dict[str, torch.Tensor]) -> None:
+        """Log a micro-batch's outputs, note its loss for the non-finite check, and step the engine
+        (DeepSpeed's optimizer step happens at the accumulation boundary)."""
+        self.window.add(out)
+        self.guard.note(out["loss"])
+        if micro == self.cfg.grad_accum - 1:
+            self.guard.arm(self.step + 1)
+        self.engine.step()
+        self.meter.update(self.cfg.micro_batch_size * self.comm.world, 0, self.flops_per_micro * self.comm.world)
+
+    def forward(self, batch: dict[str, Any], **kwargs: Any) -> dict[str, torch.Tensor]:
         if self.flops_per_micro:
-            return self.engine(batch)
+            return self.engine(batch, **kwargs)
         # FLOPs are counted once, on the first micro-batch (backward costs about twice the forward).
         # A compiled module runs kernels the counter cannot see, so model.compile takes effect after
         # this first, eager, micro-batch.
-        out, fwd_flops = count_flops(lambda: self.engine(batch))
+        out, fwd_flops = count_flops(lambda: self.engine(batch, **kwargs))
         self.flops_per_micro = 3 * fwd_flops
         if self.recipe.model_runtime.compile:
             self.engine.compile()

@@ -12,6 +12,7 @@ import os
 import sys
 
 from corefm.errors import CorefmError
+from corefm.train.launcher import threads_per_process
 from corefm.train.signals import StopFlag
 
 
@@ -38,6 +39,11 @@ def main(argv: list[str] | None = None) -> int:
     # First, before the slow imports and the rendezvous: a stop signal during start-up is a request
     # to stop, not a kill (SLURM may send it at any moment).
     stop = StopFlag()
+    if "OMP_NUM_THREADS" not in os.environ:
+        # Started by DeepSpeed's launcher (hostfile, pdsh), which passes no thread limit: share the
+        # node's cores as corefm's launcher does; set before torch starts its thread pool.
+        local = os.environ.get("LOCAL_WORLD_SIZE") or os.environ.get("LOCAL_SIZE") or "1"
+        os.environ["OMP_NUM_THREADS"] = str(threads_per_process(int(local)))
     from corefm.data.errors import DataError, one_line  # importing corefm.data loads torch: seconds
     from corefm.quiet import quiet_libraries
 

@@ -20,6 +20,7 @@ from corefm.data.errors import SkipSample
 from corefm.errors import ConfigError
 from corefm.registry import register_task
 from corefm.tasks.base import Task, TaskContext
+from corefm.train.grad_cache import surrogate
 from projects.clip_pseudo.heads import HeadSpec, check_heads
 from projects.clip_pseudo.labels import caption, find_image, image_tensor, labels_for
 from projects.clip_pseudo.losses import build_contrastive_loss, masked_mean, per_sample_loss
@@ -110,22 +111,55 @@ class ClipTask(Task):
         self._zs_weights = None  # the text tower changes between eval passes
         return super().train(mode)
 
-    def forward(self, batch: dict[str, Any], mode: str = "train") -> dict[str, torch.Tensor]:
-        out = self.model(batch["image"], batch["text"], self.sizes)
+    # The contrastive loss couples a batch's samples: under grad_accum the trainer caches gradients.
+    couples_samples = True
+
+    def forward(self, batch: dict[str, Any], mode: str = "train",
+                embed_grads: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+        """``mode="train"``: loss and logs. ``mode="eval"``: additive metric sums. ``mode="embed"``: the
+        tensors the contrastive loss reads (features (B, E), logit scale (1,), bias). With
+        ``embed_grads`` (the contrastive loss's gradients for those tensors, from
+        :meth:`coupled_loss` over all micro-batches): a loss whose backward hands them on, plus this
+        micro-batch's head losses (``sample_loss``)."""
+        out = self.model(batch["image"], batch["text"], {} if mode == "embed" else self.sizes)
         feats = (out.image_features.float(), out.text_features.float(), out.logit_scale.float(),
                  out.logit_bias.float() if out.logit_bias is not None else None)
+        if mode == "embed":
+            return self._embeds(feats)
         if mode == "eval":
             return self._eval_sums(batch, out, feats)
-        if self.loss_fn is None:
+        heads, logs = self._head_losses(out, batch)
+        if embed_grads is not None:
+            return {"loss": surrogate(self._embeds(feats), embed_grads) + heads, "sample_loss": heads, **logs}
+        coupled = self.coupled_loss([self._embeds(feats)])
+        return {**coupled, "loss": coupled["loss"] + heads, **logs}
+
+    @staticmethod
+    def _embeds(feats: tuple) -> dict[str, torch.Tensor]:
+        names = ("image_features", "text_features", "logit_scale", "logit_bias")
+        return {n: t for n, t in zip(names, feats) if t is not None}
+
+    def coupled_loss(self, embeds: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+        """open_clip's contrastive loss over the rows of every micro-batch (and, through its gather,
+        every rank). The scale and bias are the same parameters in each micro-batch: their mean."""
+        if self.loss_fn is None:  # built on first use: the process group exists then
             self.loss_fn = build_contrastive_loss(self.cfg.loss, self.cfg.local_loss, self.cfg.gather_with_grad)
-        contrastive = self.loss_fn(*feats)
-        total, logs = contrastive, {"clip_loss": contrastive.detach(), "logit_scale": feats[2].detach().reshape(())}
+        image = torch.cat([e["image_features"] for e in embeds])
+        text = torch.cat([e["text_features"] for e in embeds])
+        scale = torch.stack([e["logit_scale"] for e in embeds]).mean(0)
+        bias = torch.stack([e["logit_bias"] for e in embeds]).mean(0) if "logit_bias" in embeds[0] else None
+        loss = self.loss_fn(image, text, scale, bias)
+        return {"loss": loss, "clip_loss": loss.detach(), "logit_scale": scale.detach().reshape(())}
+
+    def _head_losses(self, out, batch: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The weighted sum of the dense heads' masked mean losses (0 without heads), and their logs."""
+        total, logs = out.image_features.new_zeros((), dtype=torch.float32), {}
         for spec in self.cfg.heads:
             loss = masked_mean(per_sample_loss(spec, out.dense[spec.name], batch[f"label_{spec.name}"]),
                                batch[f"mask_{spec.name}"])
             total = total + spec.weight * loss
             logs[f"loss_{spec.name}"] = loss.detach()
-        return {"loss": total, **logs}
+        return total, logs
 
     def _eval_sums(self, batch: dict, out, feats) -> dict[str, torch.Tensor]:
         from open_clip.loss import ClipLoss, SigLipLoss

@@ -69,3 +69,17 @@ def test_plain_clip_switch_and_data_cli(fashion_it, tmp_path):
                         "--experts", "otsu-seg", "--workers", "1"))
     assert ok.returncode == 0 and "384 of 384 samples labelled" in ok.stdout, ok.stderr[-2000:]
 
+
+def test_grad_accum_keeps_the_contrastive_batch(fashion_pl, tmp_path):
+    """2 ranks x 2 micro-batches of 8 train as 2 ranks x 1 batch of 16: the contrastive loss sees all
+    32 samples of the step either way (gradient caching), so the losses agree step for step."""
+    common = ["train.max_steps=4", "log.every=1", "data.num_workers=1", "eval.max_batches=1"]
+    runs = {}
+    for name, micro, accum in (("big", 16, 1), ("accum", 8, 2)):
+        r = _train(fashion_pl, tmp_path / name, *common, f"train.micro_batch_size={micro}",
+                   f"train.grad_accum={accum}")
+        assert r.returncode == 0, r.stderr[-3000:]
+        runs[name] = losses(tmp_path / name)
+    assert set(runs["big"]) == {1, 2, 3, 4}
+    for step, loss in runs["big"].items():
+        assert abs(runs["accum"][step] - loss) < 1e-4 * abs(loss), (step, runs)
