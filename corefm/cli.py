@@ -8,7 +8,6 @@ Projects plug in through pyproject.toml's ``corefm.commands`` entry points: ``na
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import sys
 from pathlib import Path
@@ -127,7 +126,7 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     ``corefm train`` and ``corefm --help`` import no project.
     """
     from corefm.data.cli import add_cli as add_data_cli
-    from corefm.registry import declared
+    from corefm.registry import declared, import_declared
 
     parser = argparse.ArgumentParser(prog="corefm", description="Train, evaluate and release corefm models. "
                                      "`corefm PROJECT --help` lists a project's tools.", epilog=EPILOG)
@@ -139,7 +138,8 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     add_data_cli(sub)
     for name, ep in sorted(declared("command").items()):
         if argv and argv[0] == name:
-            module = importlib.import_module(ep.module)
+            import_declared("command", name)  # a failing import is one line naming the module
+            module = sys.modules[ep.module]
             p = sub.add_parser(name, help=getattr(module, "HELP", ""), description=getattr(module, "HELP", None),
                                epilog=EPILOG)
             ep.load()(p.add_subparsers(dest=f"{name}_command", required=True, metavar="COMMAND"))

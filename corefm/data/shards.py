@@ -5,7 +5,8 @@ sharing the name up to the first '.' of the file name (webdataset's grouping), e
 lower-cased. Nothing is decoded here.
 
 The tar reader is our own streaming reader of the POSIX/GNU formats (ustar headers with the
-prefix field, pax `path`/`size` records, GNU long names; gzip/bz2/xz compressed streams):
+prefix field, pax `path`/`size` records, GNU long names; gzip/bz2/xz compressed streams; GNU
+sparse members are refused as unreadable, with the member named):
 - it is strict where tarfile is lenient: tarfile ends an archive silently at a truncated or
   garbled header past offset 0, so a shard cut at a member boundary would look complete; here
   only the zero block ends an archive, anything else is a ShardReadError;
@@ -141,6 +142,13 @@ def tar_members(f: BinaryIO) -> Iterator[tuple[str, bytes]]:
         if not _checksum_ok(buf):
             raise ShardReadError(f"truncated or corrupt tar at byte {offset}: bad header checksum")
         kind = buf[156:157]
+        if kind == b"S" or any(key.startswith("GNU.sparse.") for key in pax):
+            # GNU sparse files (tar -S): type S in gnu format, a pax-described map in posix format;
+            # neither holds the file's bytes as they are, so the member is refused, never misread.
+            name = pax.get("GNU.sparse.name") or pax.get("path") or long_name \
+                or buf[:100].split(b"\0", 1)[0].decode("utf-8", "surrogateescape")
+            raise ShardReadError(f"tar member {name!r} at byte {offset} is a GNU sparse file, which corefm "
+                                 "does not read (write the shard without tar -S / --sparse)")
         size = int(pax["size"]) if "size" in pax and kind not in (b"x", b"g") else _number(buf[124:136])
         padded = -(-size // BLOCK) * BLOCK
         offset += BLOCK

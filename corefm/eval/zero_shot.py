@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 
@@ -14,8 +14,9 @@ FASHION_MNIST_CLASSES = ("t-shirt", "trouser", "pullover", "dress", "coat", "san
                          "ankle boot")
 
 
-def templates(name: str | Sequence[str]) -> list[str]:
-    """``simple`` / ``openai`` (open_clip's ImageNet template sets) or an explicit list with ``{}``."""
+def templates(name: str | Sequence[str | Callable[[str], str]]) -> list[str | Callable[[str], str]]:
+    """``simple`` / ``openai`` (open_clip's ImageNet template sets), or a list of templates: strings
+    with ``{}`` or callables ``classname -> prompt`` (open_clip's own sets are lists of those)."""
     from open_clip import OPENAI_IMAGENET_TEMPLATES, SIMPLE_IMAGENET_TEMPLATES
 
     if isinstance(name, str):
@@ -25,8 +26,11 @@ def templates(name: str | Sequence[str]) -> list[str]:
         # open_clip's sets are callables (lambda c: f"a photo of a {c}."); they work as is
         return list(table[name])
     out = list(name)
-    if not out or any("{}" not in t for t in out):
-        raise ConfigError("zero-shot templates must be a non-empty list of strings containing {}")
+    if not out or any(not callable(t) and (not isinstance(t, str) or "{}" not in t) for t in out):
+        raise ConfigError("zero-shot templates must be a non-empty list of strings containing {} "
+                          "(or of callables classname -> prompt)")
+    if any(callable(t) for t in out):  # open_clip formats all strings or calls all callables
+        out = [t if callable(t) else (lambda c, t=t: t.format(c)) for t in out]
     return out
 
 

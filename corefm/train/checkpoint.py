@@ -6,6 +6,7 @@ Layout of ``<run_dir>/checkpoints``::
       ds/                   DeepSpeed's tag folder (model, optimizer and scheduler shards)
       rank_00000.pt         per rank: data position, RNG states
       meta.json             step, world size, resolved recipe
+      latest                text "ds": DeepSpeed's tag file, for its zero_to_fp32.py beside it
     latest                  text: the folder name of the newest complete checkpoint
 
 A checkpoint is written into ``.tmp-step_...`` and renamed once every rank has finished, and
@@ -100,6 +101,9 @@ def save(engine, ckpt_root: Path, step: int, rank_state: dict[str, Any], meta: d
         _barrier()
         if rank == 0:
             write_text_atomic(tmp / "meta.json", json.dumps(meta, indent=2))
+            # DeepSpeed's own tools (the zero_to_fp32.py it copies here, run as `python zero_to_fp32.py
+            # . OUT`) find the tag folder through this file
+            write_text_atomic(tmp / "latest", TAG)
             if final.exists():  # the same step saved again (e.g. SIGTERM right after a periodic save)
                 shutil.rmtree(final)
             os.rename(tmp, final)

@@ -12,6 +12,7 @@ from projects.clip_pseudo.model import ClipModel
 from projects.clip_pseudo.probe import delta1_sums, score_probe, semantic_target, train_probe
 from projects.clip_pseudo.retrieval import retrieval_recall
 from corefm.eval.zero_shot import FASHION_MNIST_CLASSES, classifier, templates, topk_correct
+from corefm.errors import ConfigError
 
 
 def test_retrieval_recall_standard_and_with_repeated_captions():
@@ -47,6 +48,13 @@ def test_zero_shot_classifier_uses_open_clip_builder():
     hits = topk_correct(weights.T[[3, 8]], weights, torch.tensor([3, 8]), ks=(1, 5))
     assert float(hits[1]) == 2.0
     assert len(templates("openai")) == 80 and templates(["a {} here"]) == ["a {} here"]
+    # open_clip's own template list (callables), alone or mixed with strings, gives the same classifier
+    own = classifier(model, tok, FASHION_MNIST_CLASSES, list(open_clip.SIMPLE_IMAGENET_TEMPLATES))
+    torch.testing.assert_close(own, weights)
+    mixed = templates(["a {} here", open_clip.SIMPLE_IMAGENET_TEMPLATES[0]])
+    assert [t("bag") for t in mixed] == ["a bag here", open_clip.SIMPLE_IMAGENET_TEMPLATES[0]("bag")]
+    with pytest.raises(ConfigError, match="zero-shot templates must be"):
+        templates(["no placeholder"])
 
 
 def test_linear_probe_learns_a_linearly_encoded_mask():

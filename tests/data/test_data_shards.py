@@ -57,3 +57,22 @@ def test_garbled_header_and_missing_end_are_errors():
         list(tar_members(io.BytesIO(bytes(raw[:third]))))
     with pytest.raises(ShardReadError, match="empty file"):
         list(tar_members(io.BytesIO(b"")))
+
+
+@pytest.mark.parametrize("fmt", ["gnu", "posix"])
+def test_gnu_sparse_members_are_refused_with_their_name(tmp_path, fmt):
+    import subprocess  # GNU tar (Debian's base system) writes the sparse members
+
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "a.txt").write_bytes(b"first sample")
+    with open(src / "b.bin", "wb") as f:  # a file with a hole: tar -S stores it as a sparse member
+        f.seek(1 << 20)
+        f.write(b"end")
+    shard = tmp_path / "s.tar"
+    subprocess.run(["tar", "-S", f"--format={fmt}", "-cf", str(shard), "-C", str(src), "a.txt", "b.bin"], check=True)
+    members = []
+    with open(shard, "rb") as f, pytest.raises(ShardReadError, match=r"tar member '(\./)?b\.bin' at byte \d+ is a GNU sparse"):
+        for name, data in tar_members(f):
+            members.append((name, data))
+    assert members == [("a.txt", b"first sample")]  # what came before the sparse member is kept

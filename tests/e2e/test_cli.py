@@ -7,6 +7,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+import torch
 
 from tests.e2e.util import corefm_cmd, error_line, final, losses, run, small_overrides, train_cmd
 
@@ -148,3 +149,23 @@ def test_deepspeeds_own_launcher_runs_the_worker(digits, tmp_path):
     r = run(cmd + ["--launcher", "deepspeed"])
     assert r.returncode == 0, r.stderr[-3000:]
     assert final(run_dir)["step"] == 6 and sorted(losses(run_dir)) == list(range(1, 7))
+
+
+def test_deepspeeds_zero_to_fp32_runs_on_a_checkpoint_as_its_header_says(digits, tmp_path):
+    """DeepSpeed copies zero_to_fp32.py into each checkpoint, to be run there as
+    ``python zero_to_fp32.py . OUT``; on a 2-rank ZeRO-2 checkpoint it gives corefm's export."""
+    import subprocess
+    import sys
+
+    from safetensors.torch import load_file
+
+    run_dir = tmp_path / "r"
+    r = run(train_cmd(small_overrides(digits, run_dir, **{"train.max_steps": 4, "checkpoint.every": 0}), nproc=2))
+    assert r.returncode == 0, r.stderr[-3000:]
+    step = run_dir / "checkpoints" / (run_dir / "checkpoints" / "latest").read_text().strip()
+    out = subprocess.run([sys.executable, "zero_to_fp32.py", ".", str(tmp_path / "fp32"), "--safe_serialization"],
+                         cwd=step, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    theirs = {k.removeprefix("model."): v for k, v in load_file(str(tmp_path / "fp32" / "model.safetensors")).items()}
+    ours = load_file(str(run_dir / "model.safetensors"))
+    assert theirs.keys() == ours.keys() and all(torch.equal(theirs[k], ours[k]) for k in ours)

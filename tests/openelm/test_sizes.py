@@ -145,4 +145,5 @@ def test_recipe_model_sections_build(path):
     if size:  # the paper recipes name their size's preset
         assert yaml.safe_load(path.read_text())["model"]["preset"] == f"openelm_{size}"
         assert replace(cfg, activation_checkpointing=False) == named_config(f"openelm_{size}")
+        assert recipe.checkpoint.keep_last >= 5  # `corefm openelm average` takes the last 5 by default
     assert sum(p.numel() for p in model.parameters()) > 0
