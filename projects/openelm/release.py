@@ -27,7 +27,11 @@ print(tokenizer.decode(model.generate(ids, max_new_tokens=32)[0]))
 ```
 The weights use Apple's OpenELM names and `config.json` fields, so tools written for
 `apple/OpenELM-*` work unchanged; `modeling_openelm.py` here needs only torch and transformers.
-Evaluate with lm-eval as OpenELM was (`add_bos_token=True`): `corefm openelm lm-eval {repo} --tasks ...`.
+Evaluate with lm-eval as OpenELM was, with a BOS token before every context: `corefm openelm
+lm-eval {repo} --tasks ...`, or lm-eval's own Hugging Face model with the same numbers:
+```
+lm_eval --model hf --model_args pretrained={repo},trust_remote_code=True,add_bos_token=True --tasks ...
+```
 """
 
 

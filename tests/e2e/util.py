@@ -30,8 +30,8 @@ def train_cmd(overrides: list[str], nproc: int = 2, recipe: Path = RECIPE) -> li
     return corefm_cmd("train", str(recipe), "--nproc", str(nproc), *sum((["--set", o] for o in overrides), []))
 
 
-def run(cmd: list[str], timeout: float = 900) -> subprocess.CompletedProcess:
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
+def run(cmd: list[str], timeout: float = 900, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PYTHONUNBUFFERED="1", **(env or {}))
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env, cwd=ROOT)
 
 

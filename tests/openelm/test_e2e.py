@@ -4,6 +4,8 @@ beat the unigram baseline -> average checkpoints -> release -> transformers and 
 from __future__ import annotations
 
 import json
+import sys
+from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -120,6 +122,25 @@ def test_release_loads_in_transformers_and_runs_lm_eval(trained, tmp_path, lm_to
         correct += int(np.argmax(scores) == d["gold"])
     assert got == pytest.approx(correct / len(docs))
     assert correct >= 2  # the trained model prefers the grammatical continuation
+    # lm-eval's own HF model, run as the model card prints it, scores every choice as BOS + context
+    out_dir = tmp_path / "lm_eval_hf"
+    line = ["lm_eval", "--model", "hf", "--model_args", f"pretrained={release},trust_remote_code=True,add_bos_token=True",
+            "--tasks", "tiny_mc", "--include_path", str(tasks), "--output_path", str(out_dir), "--log_samples"]
+    assert (f"lm_eval --model hf --model_args pretrained={release.name},trust_remote_code=True,add_bos_token=True "
+            "--tasks") in card
+    r = run([str(Path(sys.executable).parent / "lm_eval"), *line[1:]], env={"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"})
+    assert r.returncode == 0, r.stderr[-3000:]
+    samples = [json.loads(x) for f in out_dir.rglob("samples_tiny_mc_*.jsonl") for x in f.read_text().splitlines()]
+    assert len(samples) == len(docs)
+    for sample in samples:
+        for args, resp in zip(sample["arguments"].values(), sample["resps"]):
+            ctx, whole = tok(args["arg_0"]).input_ids, tok(args["arg_0"] + args["arg_1"]).input_ids
+            with torch.no_grad():
+                logp = torch.log_softmax(model(torch.tensor([whole])).logits[0].float(), -1)
+            by_hand = sum(float(logp[i - 1, whole[i]]) for i in range(len(ctx), len(whole)))
+            assert float(resp[0][0]) == pytest.approx(by_hand, abs=1e-3)
+    hf_acc = next(out_dir.rglob("results_*.json")).read_text()
+    assert json.loads(hf_acc)["results"]["tiny_mc"]["acc,none"] == pytest.approx(got)
     # generate_until (packed bf16 weights, KV cache) against greedy decoding by full recompute
     from projects.openelm.lm_eval_adapter import OpenELMLM
 
