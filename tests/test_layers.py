@@ -10,7 +10,6 @@ from __future__ import annotations
 import ast
 import json
 import os
-import socket
 import subprocess
 import sys
 from collections import defaultdict
@@ -142,9 +141,9 @@ def digits(tmp_path_factory) -> Path:
 def test_training_the_digits_vit_imports_no_hf_open_clip_or_sam(digits, tmp_path):
     """One rank of a real run (the worker's own entry point, in this process): the recipe names
     vit_classifier and classification, so only projects.vit is imported."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    from corefm.train.launcher import free_port
+
+    port = free_port()
     overrides = [f"run_dir={tmp_path / 'run'}", f"data.train={digits / 'train'}", f"data.val={digits / 'val'}",
                  "train.max_steps=3", "model.width=32", "model.layers=1", "log.progress=false", "log.wandb=false",
                  "eval.every=0", "eval.max_batches=1", "checkpoint.export_final=false", "data.num_workers=1"]

@@ -6,8 +6,9 @@ import argparse
 from pathlib import Path
 
 
-def add_cli(sub):
-    """Add ``corefm data``; returns its sub-command table so projects can add data tools to it."""
+def add_cli(sub) -> None:
+    """Add ``corefm data images|inspect|verify`` (image-classification shard sets, any shard set's
+    manifest); project data tools live under ``corefm <project>``."""
     p = sub.add_parser("data", help="build, inspect and verify webdataset shard sets")
     dsub = p.add_subparsers(dest="data_command", required=True, metavar="DATA_COMMAND")
 
@@ -25,7 +26,6 @@ def add_cli(sub):
     ver = dsub.add_parser("verify", help="check every shard's size and sha256 against dataset.json")
     ver.add_argument("path", help="folder with dataset.json")
     ver.set_defaults(func=_verify)
-    return dsub
 
 
 def _images(args: argparse.Namespace) -> int:

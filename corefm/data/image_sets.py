@@ -22,6 +22,8 @@ from tqdm import tqdm
 from corefm.data import DataError, ShardWriter
 
 FASHION_ROOT = Path("/usr/share/datasets/fashion-mnist")
+# Fashion-MNIST's ten classes in plain words (its own labels, "T-shirt/top" and so on, read badly in a
+# caption or a zero-shot prompt).
 FASHION_CLASSES = ["t-shirt", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag",
                    "ankle boot"]
 DIGIT_CLASSES = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]

@@ -8,11 +8,6 @@ import torch
 
 from corefm.errors import ConfigError
 
-# Fashion-MNIST's ten classes in plain words (the data set's own labels, "T-shirt/top" and so on,
-# read badly inside a prompt).
-FASHION_MNIST_CLASSES = ("t-shirt", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag",
-                         "ankle boot")
-
 
 def templates(name: str | Sequence[str | Callable[[str], str]]) -> list[str | Callable[[str], str]]:
     """``simple`` / ``openai`` (open_clip's ImageNet template sets), or a list of templates: strings

@@ -11,8 +11,8 @@ Size under Memory Limited Setup"; open_clip's ``accum_freq`` does the same with 
    the micro-batch's own per-sample losses, which gives the parameters exactly the big batch's
    gradient (the forward must repeat itself: no dropout between passes).
 
-A task opts in with :attr:`Task.couples_samples` and the ``embed`` / ``coupled_loss`` methods, and
-takes ``embed_grads`` in its training forward (see :class:`corefm.tasks.base.Task`).
+A task opts in with :attr:`Task.couples_samples` and :meth:`Task.coupled_loss`, and its forward
+answers ``mode="embed"`` and takes ``embed_grads`` (see :class:`corefm.tasks.base.Task`).
 """
 
 from __future__ import annotations

@@ -127,19 +127,6 @@ TINY = {
 }
 
 
-def named_config(name: str, **overrides: Any) -> ClipConfig:
-    """``tiny`` / ``micro`` or any open_clip built-in plain-ViT config name (e.g. ``ViT-B-16``)."""
-    if name in TINY:
-        return ClipConfig(**{**TINY[name], **overrides})
-    from open_clip import get_model_config
-
-    model_cfg = get_model_config(name)
-    if model_cfg is None:
-        raise ConfigError(f"unknown CLIP size {name!r}: use {', '.join(TINY)} or an open_clip config name "
-                          "such as ViT-B-16")
-    return from_open_clip_cfg(model_cfg, **overrides)
-
-
 class ClipPresets(Mapping):
     """Recipe presets (``model: {name: clip, preset: ViT-B-16}``): ``tiny``, ``micro`` and every
     open_clip built-in config name, read from open_clip when a recipe names it. A known name whose
@@ -166,3 +153,14 @@ class ClipPresets(Mapping):
 
 def config_dict(cfg: ClipConfig) -> dict[str, Any]:
     return {f.name: getattr(cfg, f.name) for f in fields(cfg)}
+
+
+def named_config(name: str, **overrides: Any) -> ClipConfig:
+    """``tiny`` / ``micro`` or any open_clip built-in plain-ViT config name (e.g. ``ViT-B-16``): the
+    recipe preset of that name (:class:`ClipPresets`) with field overrides."""
+    try:
+        preset = ClipPresets()[name]
+    except KeyError:
+        raise ConfigError(f"unknown CLIP size {name!r}: use {', '.join(TINY)} or an open_clip config name "
+                          "such as ViT-B-16") from None
+    return ClipConfig(**{**preset, **overrides})

@@ -11,7 +11,8 @@ from projects.clip_pseudo.heads import HeadSpec
 from projects.clip_pseudo.model import ClipModel
 from projects.clip_pseudo.probe import delta1_sums, score_probe, semantic_target, train_probe
 from projects.clip_pseudo.retrieval import retrieval_recall
-from corefm.eval.zero_shot import FASHION_MNIST_CLASSES, classifier, templates, topk_correct
+from corefm.data.image_sets import FASHION_CLASSES
+from corefm.eval.zero_shot import classifier, templates, topk_correct
 from corefm.errors import ConfigError
 
 
@@ -37,7 +38,7 @@ def test_zero_shot_classifier_uses_open_clip_builder():
     cfg = named_config("micro")
     model = ClipModel(cfg).eval()
     tok = open_clip.get_tokenizer("ViT-B-32", context_length=cfg.context_length)
-    weights = classifier(model, tok, FASHION_MNIST_CLASSES, "simple")
+    weights = classifier(model, tok, FASHION_CLASSES, "simple")
     assert weights.shape == (cfg.embed_dim, 10)
     torch.testing.assert_close(weights.norm(dim=0), torch.ones(10))
     # the same as averaging the normalised template embeddings by hand
@@ -49,7 +50,7 @@ def test_zero_shot_classifier_uses_open_clip_builder():
     assert float(hits[1]) == 2.0
     assert len(templates("openai")) == 80 and templates(["a {} here"]) == ["a {} here"]
     # open_clip's own template list (callables), alone or mixed with strings, gives the same classifier
-    own = classifier(model, tok, FASHION_MNIST_CLASSES, list(open_clip.SIMPLE_IMAGENET_TEMPLATES))
+    own = classifier(model, tok, FASHION_CLASSES, list(open_clip.SIMPLE_IMAGENET_TEMPLATES))
     torch.testing.assert_close(own, weights)
     mixed = templates(["a {} here", open_clip.SIMPLE_IMAGENET_TEMPLATES[0]])
     assert [t("bag") for t in mixed] == ["a bag here", open_clip.SIMPLE_IMAGENET_TEMPLATES[0]("bag")]

@@ -179,14 +179,12 @@ def _distributed_worker(rank: int, world: int, port: int, queue) -> None:
 def test_clip_loss_across_ranks_equals_full_batch_loss():
     """2 gloo ranks with local_loss + gather_with_grad: the mean of the ranks' losses and the
     ranks' gradients (averaged as DeepSpeed averages them) equal one process on the whole batch."""
-    import socket
-
     import torch.multiprocessing as mp
     from open_clip.loss import ClipLoss
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    from corefm.train.launcher import free_port
+
+    port = free_port()
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
     procs = [ctx.Process(target=_distributed_worker, args=(r, 2, port, queue)) for r in range(2)]

@@ -9,11 +9,11 @@ from __future__ import annotations
 import os
 import re
 import subprocess
-from pathlib import Path
 
 import pytest
 
-from tests.e2e.cluster import free_port, slurm_cluster, sshd
+from corefm.train.launcher import free_port
+from tests.e2e.cluster import slurm_cluster, sshd
 from tests.e2e.util import ROOT, RECIPE, corefm_cmd, final, losses, small_overrides, train_cmd
 
 pytestmark = pytest.mark.slow
