@@ -230,6 +230,25 @@ class SamClipModel(nn.Module):
                multimask: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
         """One image's embedding (1, D, h, w) and K prompts in input-pixel coordinates: points (K, P, 2)
         with labels (K, P), and/or boxes (K, 4) xyxy -> low-res mask logits (K, M, 4h, 4w), IoU (K, M)."""
+        sparse, dense, image_pe = self._prompts(embedding, points, point_labels, boxes)
+        dtype = embedding.dtype
+        return self.mask_decoder(image_embeddings=embedding, image_pe=image_pe.to(dtype),
+                                 sparse_prompt_embeddings=sparse.to(dtype), dense_prompt_embeddings=dense.to(dtype),
+                                 multimask_output=multimask)
+
+    def decode_batch(self, embeddings: torch.Tensor, points: torch.Tensor | None = None,
+                     point_labels: torch.Tensor | None = None, boxes: torch.Tensor | None = None) -> torch.Tensor:
+        """B images' embeddings (B, D, h, w) and K prompts of one kind per image: points (B, K, P, 2) with
+        labels (B, K, P), or boxes (B, K, 4) -> single-mask low-res logits (B, K, 4h, 4w), in one pass
+        (see :func:`batched_mask_logits`)."""
+        b, k = embeddings.shape[0], (points if points is not None else boxes).shape[1]
+        flat = (lambda x: None if x is None else x.flatten(0, 1))
+        sparse, dense, image_pe = self._prompts(embeddings, flat(points), flat(point_labels), flat(boxes))
+        return batched_mask_logits(self.mask_decoder, embeddings, image_pe, sparse, dense).unflatten(0, (b, k))
+
+    def _prompts(self, embedding: torch.Tensor, points: torch.Tensor | None, point_labels: torch.Tensor | None,
+                 boxes: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """SAM's prompt encoding at the embedding's grid: sparse (N, T, D), dense (N, D, h, w), image PE (1, D, h, w)."""
         pe = self.prompt_encoder
         # segment_anything's prompt encoder multiplies fp32 coordinates by its random-Fourier buffer, so
         # that buffer stays fp32 under a bf16 engine (which casts the whole module); its outputs then
@@ -242,15 +261,39 @@ class SamClipModel(nn.Module):
         image_pe = pe.get_dense_pe() if grid == pe.image_embedding_size else pe.pe_layer(grid).unsqueeze(0)
         if dense.shape[-2:] != embedding.shape[-2:]:
             dense = dense[..., :1, :1].expand(-1, -1, *grid)  # the no-mask embedding is spatially constant
-        dtype = embedding.dtype
-        return self.mask_decoder(image_embeddings=embedding, image_pe=image_pe.to(dtype),
-                                 sparse_prompt_embeddings=sparse.to(dtype), dense_prompt_embeddings=dense.to(dtype),
-                                 multimask_output=multimask)
+        return sparse, dense, image_pe
 
     def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
         """images (B, 3, H, W) -> {"tokens" (B, h, w, C), "sam" (B, D, h, w), "clip" (B, E)}."""
         tokens = self.encode(images)
         return {"tokens": tokens, "sam": self.image_embeddings(tokens), "clip": self.clip_embed(tokens)}
+
+
+def batched_mask_logits(decoder: MaskDecoder, embeddings: torch.Tensor, image_pe: torch.Tensor,
+                        sparse: torch.Tensor, dense: torch.Tensor) -> torch.Tensor:
+    """SAM's single-mask output (``multimask_output=False``) for N = B x K prompts over B images at once.
+
+    segment_anything's ``MaskDecoder.forward`` takes one image per call, so K prompts on each of B images
+    would cost B calls: per step that is B times the kernel launches on a GPU, and under ZeRO-3 B times
+    the module hooks, whose release scan grows with the square of the calls per step. Here each image's
+    embedding is repeated for its K prompts and the decoder's own parts run once on all N rows, as its
+    forward would per image: the two-way transformer over [IoU token, mask tokens, prompt tokens], the
+    upscaled image embedding, and the first mask token's hypernetwork (the single-mask output).
+
+    embeddings (B, D, h, w); image_pe (1, D, h, w); sparse (N, T, D) and dense (N, D, h, w) prompt
+    embeddings, image-major -> mask logits (N, 4h, 4w).
+    """
+    dtype = embeddings.dtype
+    n = sparse.shape[0]
+    k = n // embeddings.shape[0]
+    out_tokens = torch.cat([decoder.iou_token.weight, decoder.mask_tokens.weight]).to(dtype)
+    tokens = torch.cat([out_tokens.unsqueeze(0).expand(n, -1, -1), sparse.to(dtype)], dim=1)
+    src = embeddings.repeat_interleave(k, dim=0) + dense.to(dtype)
+    hs, src = decoder.transformer(src, image_pe.to(dtype).expand(n, -1, -1, -1), tokens)
+    grid = rearrange(src, "n (h w) c -> n c h w", h=embeddings.shape[-2])
+    upscaled = decoder.output_upscaling(grid)  # (N, C', 4h, 4w)
+    hyper = decoder.output_hypernetworks_mlps[0](hs[:, 1])  # token 0 is the IoU token, 1 the first mask
+    return torch.einsum("nc,nchw->nhw", hyper, upscaled)
 
 
 def upscale_masks(low_res: torch.Tensor, size: int) -> torch.Tensor:

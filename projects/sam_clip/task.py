@@ -163,12 +163,11 @@ class SamClipTask(Task):
     def sam_outputs(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
         """Student mask logits and 0/1 targets, (Ns, 2K, m, m): K point prompts then K box prompts."""
         emb = self.model.image_embeddings(self._encode(batch["sam_image"]))
-        logits = []
-        for i in range(len(emb)):
-            pts, _ = self.model.decode(emb[i:i + 1], batch["sam_points"][i], batch["sam_point_labels"][i])
-            box, _ = self.model.decode(emb[i:i + 1], boxes=batch["sam_boxes"][i])
-            logits.append(torch.cat([pts[:, 0], box[:, 0]]))
-        logits = torch.stack(logits) if logits else emb.new_zeros(0, 2 * self.cfg.prompts, *batch["sam_gt"].shape[-2:])
+        if len(emb):
+            logits = torch.cat([self.model.decode_batch(emb, batch["sam_points"], batch["sam_point_labels"]),
+                                self.model.decode_batch(emb, boxes=batch["sam_boxes"])], dim=1)
+        else:
+            logits = emb.new_zeros(0, 2 * self.cfg.prompts, *batch["sam_gt"].shape[-2:])
         if "sam_target" in batch:
             target = batch["sam_target"]
         elif len(emb):

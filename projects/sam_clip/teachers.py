@@ -15,7 +15,8 @@ from typing import Sequence
 import torch
 
 from corefm.errors import CheckpointError, ConfigError
-from projects.sam_clip.model import SamClipConfig, build_sam, check_keys, named_config, read_state_dict
+from projects.sam_clip.model import (SamClipConfig, batched_mask_logits, build_sam, check_keys, named_config,
+                                     read_state_dict)
 
 SAM_CONFIG_NAME = "sam_config.json"
 
@@ -132,18 +133,15 @@ class SamTeacher:
         """Normalised images (B, 3, S, S), per image K point prompts (B, K, P, 2)/(B, K, P) and K boxes
         (B, K, 4) -> low-res mask logits (B, 2K, 4h, 4w): K point masks then K box masks."""
         emb = self.sam.image_encoder(images)
-        pe, dec = self.sam.prompt_encoder, self.sam.mask_decoder
+        pe = self.sam.prompt_encoder
+        b, k = boxes.shape[:2]
         out = []
-        for i in range(len(images)):
-            per = []
-            for prompt in ({"points": (points[i], point_labels[i]), "boxes": None},
-                           {"points": None, "boxes": boxes[i]}):
-                sparse, dense = pe(masks=None, **prompt)
-                low, _ = dec(image_embeddings=emb[i:i + 1], image_pe=pe.get_dense_pe(), sparse_prompt_embeddings=sparse,
-                             dense_prompt_embeddings=dense, multimask_output=False)
-                per.append(low[:, 0])
-            out.append(torch.cat(per))
-        return torch.stack(out)
+        for prompt in ({"points": (points.flatten(0, 1), point_labels.flatten(0, 1)), "boxes": None},
+                       {"points": None, "boxes": boxes.flatten(0, 1)}):
+            sparse, dense = pe(masks=None, **prompt)
+            logits = batched_mask_logits(self.sam.mask_decoder, emb, pe.get_dense_pe(), sparse, dense)
+            out.append(logits.unflatten(0, (b, k)))
+        return torch.cat(out, dim=1)
 
     def info(self) -> dict:
         return {"source": self.spec, "version": self.version, "config": asdict(self.cfg)}

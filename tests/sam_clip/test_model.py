@@ -91,3 +91,36 @@ def test_clip_pool_last_pools_the_dense_features():
     with torch.no_grad():
         dense = model.clip_embed(tokens, dense=True)
         torch.testing.assert_close(model.clip_embed(tokens), dense.amax(dim=(1, 2)))
+
+
+@pytest.mark.parametrize("grid", [32, 48])  # the trained resolution, and another (resolution stage)
+def test_batched_decoding_equals_segment_anythings_decoder_image_by_image(grid):
+    """decode_batch and the SAM teacher decode B images x K prompts in one pass; segment_anything's own
+    MaskDecoder.forward, one image at a time (SamClipModel.decode), is the reference."""
+    from projects.sam_clip.teachers import SamTeacher
+
+    torch.manual_seed(0)
+    cfg = named_config("tiny")
+    model = SamClipModel(cfg).eval()
+    images = _normalise(torch.rand(3, 3, grid, grid) * 255, cfg)
+    points = torch.rand(3, 2, 1, 2) * grid
+    labels = torch.ones(3, 2, 1, dtype=torch.int64)
+    corners = torch.rand(3, 2, 2, 2) * grid
+    boxes = torch.cat([corners.amin(2), corners.amax(2)], dim=-1)
+    with torch.no_grad():
+        emb = model.image_embeddings(model.encode(images))
+        pts = model.decode_batch(emb, points, labels)
+        box = model.decode_batch(emb, boxes=boxes)
+        for i in range(3):
+            ref_pts, _ = model.decode(emb[i:i + 1], points[i], labels[i])
+            ref_box, _ = model.decode(emb[i:i + 1], boxes=boxes[i])
+            torch.testing.assert_close(pts[i], ref_pts[:, 0], rtol=1e-4, atol=1e-5)
+            torch.testing.assert_close(box[i], ref_box[:, 0], rtol=1e-4, atol=1e-5)
+    if grid != cfg.img_size:
+        return
+    teacher = SamTeacher.__new__(SamTeacher)  # the teacher's decoding on the same weights
+    teacher.sam = build_sam(cfg).eval()
+    teacher.sam.load_state_dict(model.sam_state_dict())
+    with torch.no_grad():
+        both = teacher.predict(images, points, labels, boxes)
+    torch.testing.assert_close(both, torch.cat([pts, box], dim=1), rtol=1e-4, atol=1e-5)
