@@ -56,14 +56,22 @@ def cluster_peak(dtype: torch.dtype, comm: Comm, device: torch.device) -> float:
     return comm.host_sum([measure_matmul_peak(dtype, device=device)])[0]
 
 
-def _cpu_attention_flops(q_shape, k_shape, *args, out_shape=None, **kwargs) -> int:
-    """QK^T and AV of one SDPA call, (B, H, Tq, D) x (B, H, Tk, D): 2 matmuls of 2*B*H*Tq*Tk*D."""
-    b, h, tq, d = q_shape
-    return 4 * b * h * tq * k_shape[-2] * d
+def _attention_flops(q_shape, k_shape, v_shape, *args, out_shape=None, **kwargs) -> int:
+    """QK^T and AV of one fused SDPA call, query (B, Hq, Tq, Dk), key (B, Hkv, Tk, Dk), value
+    (B, Hkv, Tk, Dv): 2*B*Hq*Tq*Tk*(Dk + Dv). Grouped-query calls (Hkv < Hq) cost as many FLOPs as
+    if K and V were repeated to Hq heads."""
+    b, h, tq, dk = q_shape
+    return 2 * b * h * tq * k_shape[-2] * (dk + v_shape[-1])
 
 
-# torch's counter has formulas for the CUDA attention kernels but counts the CPU one as zero.
-ATTENTION_FLOPS = {torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: _cpu_attention_flops}
+# torch's counter counts the CPU kernel as zero, and before torch 2.14 it refuses the CUDA kernels'
+# grouped-query calls (OpenELM's) with an AssertionError; one formula for all of them.
+ATTENTION_FLOPS = {op: _attention_flops for op in (
+    torch.ops.aten._scaled_dot_product_flash_attention_for_cpu,
+    torch.ops.aten._scaled_dot_product_flash_attention,
+    torch.ops.aten._scaled_dot_product_efficient_attention,
+    torch.ops.aten._scaled_dot_product_cudnn_attention,
+)}
 
 
 def count_flops(fn: Callable[[], T]) -> tuple[T, int]:
