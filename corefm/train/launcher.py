@@ -33,7 +33,7 @@ class LaunchSpec:
     nnodes: int = 1
     node_rank: int = 0
     master_addr: str = "127.0.0.1"
-    master_port: int = 0  # 0 = a free port (single node only)
+    master_port: int = 0  # 0: the launcher hosts the rendezvous on a port it holds (single node only)
     hostfile: str = ""
     launcher: str = "corefm"  # "corefm" (this module) or "deepspeed" (DeepSpeed's launcher)
 
@@ -64,9 +64,21 @@ def deepspeed_command(spec: LaunchSpec, worker_args: list[str]) -> list[str]:
             "--no_local_rank", "--module", WORKER[1], *worker_args]
 
 
+def host_store(master_addr: str):
+    """The rendezvous store of a single-node run without ``--master-port``, hosted by the launcher on a
+    port the OS picks and that it holds until the run ends; ranks join it as clients (torch's
+    ``TORCHELASTIC_USE_AGENT_STORE`` contract, as under torchrun). A port found free and bound later
+    by rank 0 races with everything else starting on the machine: seen on a GPU node with several
+    runs starting at once (EADDRINUSE)."""
+    from torch.distributed import TCPStore
+
+    return TCPStore(master_addr, 0, is_master=True, wait_for_workers=False)
+
+
 def run_local(spec: LaunchSpec, worker_args: list[str], stop=None) -> int:
     """Spawn this node's workers and wait; returns the exit code for the whole run."""
-    port = spec.master_port or free_port()
+    store = host_store(spec.master_addr) if not spec.master_port and spec.nnodes == 1 else None
+    port = spec.master_port or store.port
     world = spec.nproc * spec.nnodes
     err_dir = Path(tempfile.mkdtemp(prefix="corefm-errors-"))
     procs: list[subprocess.Popen] = []
@@ -88,6 +100,8 @@ def run_local(spec: LaunchSpec, worker_args: list[str], stop=None) -> int:
         env = dict(os.environ, RANK=str(rank), LOCAL_RANK=str(local), WORLD_SIZE=str(world),
                    LOCAL_WORLD_SIZE=str(spec.nproc), MASTER_ADDR=spec.master_addr, MASTER_PORT=str(port),
                    COREFM_ERROR_FILE=str(err_dir / f"rank{rank}.txt"))
+        if store is not None:
+            env["TORCHELASTIC_USE_AGENT_STORE"] = "True"
         # Processes share the cores of this node; without this each would start one thread per core.
         env.setdefault("OMP_NUM_THREADS", str(threads_per_process(spec.nproc)))
         procs.append(subprocess.Popen([sys.executable, *WORKER, *worker_args], env=env))

@@ -41,3 +41,17 @@ def test_ds_config_presets_take_batch_settings_from_recipe(stage):
     assert cfg["gradient_clipping"] == 0.5 and cfg["bf16"]["enabled"] is True
     assert cfg["zero_optimization"]["stage"] == stage
     assert cfg["zero_optimization"]["reduce_bucket_size"] == 123
+
+
+def test_a_single_node_launcher_holds_the_rendezvous_port_its_ranks_join(monkeypatch):
+    """No port is chosen free and bound later (a race other programs on the node can win): the
+    launcher hosts the store on a port it holds, and every rank, rank 0 included, joins as a client."""
+    from corefm.train import launcher
+
+    joins = ("import datetime, os; from torch.distributed import TCPStore; "
+             "assert os.environ['TORCHELASTIC_USE_AGENT_STORE'] == 'True'; "
+             "s = TCPStore(os.environ['MASTER_ADDR'], int(os.environ['MASTER_PORT']), is_master=False, "
+             "timeout=datetime.timedelta(seconds=20)); s.add('joined', 1); s.wait(['joined'])")
+    monkeypatch.setattr(launcher, "WORKER", ["-c", joins])
+    monkeypatch.setattr(launcher, "free_port", lambda: pytest.fail("a single-node launch picked a port to bind later"))
+    assert launcher.run_local(LaunchSpec(nproc=2), []) == 0
