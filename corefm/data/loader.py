@@ -14,6 +14,7 @@ from typing import Any, Iterator, Sequence
 import torch
 from torch.utils.data import DataLoader, default_collate
 
+from corefm.data import elastic
 from corefm.data.config import DataConfig
 from corefm.data.errors import DataError, one_line
 from corefm.data.manifest import MANIFEST_NAME, check_shards, load_manifest
@@ -22,7 +23,7 @@ from corefm.data.urls import expand_sources, expand_urls, is_local, local_path
 
 log = logging.getLogger("corefm.data")
 
-STATE_VERSION = 1
+STATE_VERSION = 2  # 2 added the earlier world's record (a resume at another world size)
 
 
 def _identity(item: Any) -> Any:
@@ -115,9 +116,12 @@ class ResumableLoader:
         fingerprint: dict[str, Any],
         pin_memory: bool = False,
         num_samples: int | None = None,
+        history: dict[str, Any] | None = None,
     ) -> None:
         self.stream, self.num_workers, self.pin_memory = stream, num_workers, pin_memory
         self.batches = batches
+        self.history = history  # the earlier world's record while its epochs are in progress
+        self.remapped = ""  # after a resume at another world size: what the remap did, one phrase
         self.positions = [list(p) for p in stream.start]
         self.fingerprint = fingerprint
         self.num_samples = num_samples  # samples in all shards, if manifests give counts
@@ -153,13 +157,17 @@ class ResumableLoader:
         return batch
 
     def state_dict(self) -> dict[str, Any]:
-        """{"version": 1, "batches": n, "positions": [[epoch, offset] per worker role],
-        "fingerprint": {settings that fix the order}}; JSON-serialisable."""
+        """{"version": 2, "batches": n, "positions": [[epoch, offset] per worker role],
+        "fingerprint": {settings that fix the order}, "history": an earlier world's record or None
+        (see corefm.data.elastic)}; JSON-serialisable."""
+        if self.history and min(e for e, _ in self.positions) > elastic.last_epoch(self.history):
+            self.history = None  # every role is past the epochs it covers
         return {
             "version": STATE_VERSION,
             "batches": self.batches,
             "positions": [list(p) for p in self.positions],
             "fingerprint": dict(self.fingerprint),
+            "history": self.history,
         }
 
     def stats(self) -> dict[str, int]:
@@ -179,11 +187,15 @@ class ResumableLoader:
             self._iter = None
 
 
+def _check_version(state: dict[str, Any]) -> None:
+    if state.get("version") not in (1, STATE_VERSION):
+        raise DataError(f"data state version {state.get('version')!r} is not one of 1, {STATE_VERSION}")
+
+
 def _resume_point(state: dict[str, Any] | None, fingerprint: dict[str, Any], roles: int) -> tuple[int, list[tuple[int, int]]]:
     if not state:
         return 0, [(0, 0)] * roles
-    if state.get("version") != STATE_VERSION:
-        raise DataError(f"data state version {state.get('version')!r} is not {STATE_VERSION}")
+    _check_version(state)
     old = state.get("fingerprint", {})
     for key, value in fingerprint.items():
         if old.get(key) != value:
@@ -207,6 +219,7 @@ def build_loader(
     map_fn: MapFn,
     collate_fn: CollateFn | None = None,
     state: dict[str, Any] | None = None,
+    world_state: list[dict[str, Any]] | None = None,
     drop_last: bool = True,
     pin_memory: bool = False,
 ) -> ResumableLoader:
@@ -223,6 +236,10 @@ def build_loader(
             RNGs: they are seeded per batch so that resumed runs replay augmentations.
         collate_fn: list of samples -> batch (default torch default_collate), in the workers.
         state: a `state_dict()` to resume from exactly.
+        world_state: instead of `state`, every rank's `state_dict()` (in rank order) of a world of
+            another size (ranks x workers): the position is remapped so that the epoch in progress
+            goes on without repeating or skipping a sample (see corefm.data.elastic);
+            `loader.remapped` then says what was done.
     """
     _check_common(cfg, rank, world_size, batch_size)
     sources = _sources(urls_or_spec)
@@ -259,10 +276,22 @@ def build_loader(
         # shard names, not paths, so a data set moved to another directory still resumes
         "shards": hashlib.sha1("\n".join(os.path.basename(u) for u in urls).encode()).hexdigest()[:16],
     }
-    batches, start = _resume_point(state, fingerprint, roles)
-    stream = ShardStream(spec, map_fn, collate_fn or default_collate, rotation=batches % roles, start=start)
+    remapped = None
+    if world_state:
+        for s in world_state:
+            _check_version(s)
+        remapped = elastic.remap(world_state, fingerprint, spec)
+        batches, start, consumed, history = 0, remapped.positions, remapped.consumed, remapped.record
+    else:
+        batches, start = _resume_point(state, fingerprint, roles)
+        history = (state or {}).get("history")
+        consumed = elastic.consumed_by(history, spec) if history else {}
+    stream = ShardStream(spec, map_fn, collate_fn or default_collate, rotation=batches % roles, start=start,
+                         consumed=consumed)
     num_samples = sum(counts.values()) if counts and len(counts) == len(urls) else None
-    return ResumableLoader(stream, cfg.num_workers, batches, fingerprint, pin_memory, num_samples)
+    loader = ResumableLoader(stream, cfg.num_workers, batches, fingerprint, pin_memory, num_samples, history)
+    loader.remapped = remapped.describe() if remapped else ""
+    return loader
 
 
 class EvalLoader:

@@ -14,6 +14,10 @@ of epoch e as raw bytes (no decode, no map_fn) through the same shuffle buffer, 
 after o comes out exactly as before. The global python/numpy/torch RNGs are re-seeded before each
 batch's map_fn calls from (seed, e, r, w, batch start), so random augmentations replay too.
 
+After a resume at another world size (see :mod:`corefm.data.elastic`) a stream also carries, per
+epoch, the samples the earlier world already consumed: whole shards are not opened, single samples
+are dropped before the shuffle buffer (so replay stays exact), and the epoch may give no batch.
+
 An unreadable shard (truncated, corrupt, missing) is logged, counted and skipped; the samples
 read from it before the fault are kept. Replay meets the same fault at the same place, so resume
 stays exact as long as the damage does not change in between.
@@ -24,8 +28,9 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
+import os
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from itertools import islice
 from typing import Any, Callable, Iterable, Iterator
 
@@ -107,6 +112,27 @@ class _SeededGlobalRngs:
             torch.set_rng_state(self.saved[2])
 
 
+def shard_name(url: str) -> str:
+    """A shard's identity across runs: its file name (a data set may move to another directory)."""
+    return os.path.basename(local_path(url))
+
+
+@dataclass
+class Consumed:
+    """Samples of one epoch an earlier world already trained on: whole shards (by name) and single
+    samples (shard name, ``__key__``)."""
+
+    shards: set[str] = field(default_factory=set)
+    samples: set[tuple[str, str]] = field(default_factory=set)
+
+    def update(self, other: "Consumed") -> None:
+        self.shards |= other.shards
+        self.samples |= other.samples
+
+    def __len__(self) -> int:
+        return len(self.shards) + len(self.samples)
+
+
 @dataclass
 class _Counters:
     """Per-role health counters since this worker started (resume replay included)."""
@@ -171,6 +197,7 @@ class ShardStream(IterableDataset):
         rotation: DataLoader worker i plays role (i + rotation) % roles (resume after n batches
             uses rotation n % roles, since the in-order DataLoader takes worker 0's batch first).
         start: per role (epoch, offset) to resume from; default (0, 0) for all.
+        consumed: epoch -> samples to leave out of that epoch (a resume at another world size).
     """
 
     def __init__(
@@ -180,11 +207,13 @@ class ShardStream(IterableDataset):
         collate_fn: CollateFn,
         rotation: int = 0,
         start: list[tuple[int, int]] | None = None,
+        consumed: dict[int, Consumed] | None = None,
     ) -> None:
         super().__init__()
         self.spec, self.map_fn, self.collate_fn = spec, map_fn, collate_fn
         self.rotation = rotation
         self.start = start or [(0, 0)] * spec.roles
+        self.consumed = consumed or {}
         self._verified: set[str] = set()  # shards whose sha256 this process has checked
 
     def __iter__(self) -> Iterator[tuple[Any, dict[str, Any]]]:
@@ -199,14 +228,21 @@ class ShardStream(IterableDataset):
         except DataError as err:
             yield None, {"role": role, "error": str(err)}
 
-    def _read(self, shards: list[str], counters: _Counters, role: int) -> Iterator[dict[str, Any]]:
-        """Raw samples of `shards` in order; unreadable shards are logged, counted, skipped."""
+    def _read(self, shards: list[str], counters: _Counters, role: int,
+              consumed: Consumed | None = None) -> Iterator[dict[str, Any]]:
+        """Raw samples of `shards` in order, less `consumed`; unreadable shards are logged, counted, skipped."""
         spec, expected = self.spec, self.spec.expected_samples or {}
         for url in shards:
+            name = shard_name(url)
+            if consumed is not None and name in consumed.shards:
+                continue
             counters.shards_opened += 1
             try:
                 self._verify_once(url)
-                yield from iter_shard(url, expected.get(url))
+                samples = iter_shard(url, expected.get(url))
+                if consumed is not None and consumed.samples:
+                    samples = (x for x in samples if (name, x["__key__"]) not in consumed.samples)
+                yield from samples
             except READ_ERRORS as err:
                 counters.skipped_shards += 1
                 reason = f"{type(err).__name__}: {one_line(err)}"
@@ -238,8 +274,7 @@ class ShardStream(IterableDataset):
         epoch = start_epoch
         while spec.epochs is None or epoch < spec.epochs:
             shards = spec.epoch_shards(epoch, role)
-            rng = random.Random(seed_int("corefm-samples", spec.seed, epoch, spec.rank, role))
-            samples = shuffle_buffer(self._read(shards, counters, role), spec.shuffle_buffer, rng)
+            samples = self._epoch_samples(epoch, role, shards, counters)
             skip = start_offset if epoch == start_epoch else 0
             # resume replay: raw samples only, never decoded or mapped
             consumed = sum(1 for _ in islice(samples, skip))
@@ -254,7 +289,7 @@ class ShardStream(IterableDataset):
                     batches += 1
                 if done:
                     break
-            if batches == 0 and skip == 0 and spec.epochs is None:
+            if batches == 0 and skip == 0 and spec.epochs is None and epoch not in self.consumed:
                 # an infinite stream that cannot fill one batch per epoch would spin forever
                 usable = consumed - counters.skipped_samples
                 advice = ("its data is unusable (see the warnings above)" if counters.skipped_shards == len(shards)
@@ -265,6 +300,18 @@ class ShardStream(IterableDataset):
                     f"shards unreadable so far), not one batch of {spec.batch_size}: {advice}"
                 )
             epoch += 1
+
+    def _epoch_samples(self, epoch: int, role: int, shards: list[str], counters: _Counters) -> Iterator[dict[str, Any]]:
+        """Raw samples of one role's epoch, in the order they leave the shuffle buffer."""
+        spec = self.spec
+        rng = random.Random(seed_int("corefm-samples", spec.seed, epoch, spec.rank, role))
+        return shuffle_buffer(self._read(shards, counters, role, self.consumed.get(epoch)), spec.shuffle_buffer, rng)
+
+    def consumed_samples(self, role: int, epoch: int, offset: int) -> Consumed:
+        """The first `offset` samples role `role` took from epoch `epoch` (raw reads, no decode):
+        what a position (epoch, offset) says this role has trained on in that epoch."""
+        samples = self._epoch_samples(epoch, role, self.spec.epoch_shards(epoch, role), _Counters())
+        return Consumed(samples={(shard_name(x["__url__"]), x["__key__"]) for x in islice(samples, offset)})
 
     def _fill(
         self, samples: Iterator[dict[str, Any]], consumed: int, counters: _Counters, role: int

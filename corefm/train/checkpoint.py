@@ -7,6 +7,8 @@ Layout of ``<run_dir>/checkpoints``::
       rank_00000.pt         per rank: data position, RNG states
       meta.json             step, world size, resolved recipe
       latest                text "ds": DeepSpeed's tag file, for its zero_to_fp32.py beside it
+      ds_universal/         written on the first resume at another world size: DeepSpeed's
+                            universal checkpoint of ds/ (ds_to_universal), loadable at any size
     latest                  text: the folder name of the newest complete checkpoint
 
 A checkpoint is written into ``.tmp-step_...`` and renamed once every rank has finished, and
@@ -16,6 +18,8 @@ Assumes a file system shared by all nodes (as DeepSpeed's own checkpointing does
 
 from __future__ import annotations
 
+import argparse
+import contextlib
 import json
 import os
 import random
@@ -31,6 +35,7 @@ from corefm.data.errors import one_line
 from corefm.errors import CheckpointError
 
 TAG = "ds"
+UNIVERSAL_TAG = "ds_universal"
 
 
 def _barrier() -> None:
@@ -116,6 +121,7 @@ def save(engine, ckpt_root: Path, step: int, rank_state: dict[str, Any], meta: d
                               + (f" ({e.filename})" if e.filename else "")
                               + f"; {'the previous checkpoint ' + kept.name + ' is intact' if kept else 'no earlier checkpoint'}"
                               ) from None
+    if rank == 0:
         complete = sorted(p for p in ckpt_root.glob("step_*") if (p / "meta.json").is_file())
         for old in complete[:-keep_last] if keep_last > 0 else []:
             shutil.rmtree(old, ignore_errors=True)
@@ -123,36 +129,96 @@ def save(engine, ckpt_root: Path, step: int, rank_state: dict[str, Any], meta: d
     return final
 
 
-def load(engine, path: Path, world_size: int, device: torch.device | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Collective: restore engine, RNG and this rank's state. Returns ``(meta, rank_state)``; a warning
-    about the RNG (see :func:`set_rng_state`) is in ``rank_state["rng_warning"]``."""
-    rank = dist.get_rank() if dist.is_initialized() else 0
-    meta = read_meta(path)
-    if meta["world_size"] != world_size:
-        raise CheckpointError(
-            f"{path} was written by {meta['world_size']} ranks but this run has {world_size}; "
-            "exact data resume needs the same number of ranks (start a new run_dir to change it)")
-    damaged = (f"; it may be damaged: delete it and write the name of an earlier step_ folder into "
-               f"{path.parent / 'latest'}, or start a new run_dir")
-    try:
-        load_path, _ = engine.load_checkpoint(str(path), tag=TAG, load_optimizer_states=True,
-                                              load_lr_scheduler_states=False)
-    except Exception as e:  # noqa: BLE001 - truncated or garbled files surface as many error types
-        raise CheckpointError(f"DeepSpeed could not load {path / TAG} ({type(e).__name__}: {one_line(e)[:200]})"
-                              + damaged) from None
-    if load_path is None:
-        raise CheckpointError(f"DeepSpeed could not load {path / TAG}" + damaged)
+def _damaged(path: Path) -> str:
+    return (f"; it may be damaged: delete it and write the name of an earlier step_ folder into "
+            f"{path.parent / 'latest'}, or start a new run_dir")
+
+
+def _read_rank_file(path: Path, rank: int) -> dict[str, Any]:
     rank_file = path / f"rank_{rank:05d}.pt"
     if not rank_file.is_file():
-        raise CheckpointError(f"{rank_file} is missing" + damaged)
+        raise CheckpointError(f"{rank_file} is missing" + _damaged(path))
     try:
         # Our own file (data position, RNG tuples): it holds non-tensor objects, hence weights_only=False.
         state = torch.load(rank_file, weights_only=False)
-        rng = state.pop("rng")
+        state["rng"]
     except Exception as e:  # noqa: BLE001
-        raise CheckpointError(f"{rank_file} cannot be read ({type(e).__name__}: {one_line(e)[:200]})" + damaged) from None
-    state["rng_warning"] = set_rng_state(rng, device)
+        raise CheckpointError(f"{rank_file} cannot be read ({type(e).__name__}: {one_line(e)[:200]})"
+                              + _damaged(path)) from None
+    return state
+
+
+def convert_to_universal(path: Path, workers: int = 1) -> Path:
+    """DeepSpeed's universal checkpoint of ``path/ds`` in ``path/ds_universal`` (made once, atomically,
+    by DeepSpeed's own ``ds_to_universal``; its progress prints go to ``ds_universal.log``). Rank 0 only."""
+    out = path / UNIVERSAL_TAG
+    if out.is_dir():
+        return out
+    tmp = path / f".tmp-{UNIVERSAL_TAG}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    from deepspeed.checkpoint import ds_to_universal
+
+    # inject_missing_state: the version record ds_to_universal wants is written only by Megatron's
+    # DeepSpeed integration; corefm's parameters are plain data-parallel (no TP/PP slices to describe)
+    args = argparse.Namespace(input_folder=str(path / TAG), output_folder=str(tmp), num_extract_workers=workers,
+                              num_merge_workers=workers, keep_temp_folder=False, strict=True,
+                              inject_missing_state=True)
+    try:
+        with open(path / f"{UNIVERSAL_TAG}.log", "w") as log_file, contextlib.redirect_stdout(log_file):
+            ds_to_universal.main(args)
+    except Exception as e:  # noqa: BLE001 - DeepSpeed's converter raises assertions and ValueErrors alike
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise CheckpointError(f"DeepSpeed's ds_to_universal could not convert {path / TAG} "
+                              f"({type(e).__name__}: {one_line(e)[:200]}); see {path / (UNIVERSAL_TAG + '.log')}"
+                              ) from None
+    os.rename(tmp, out)
+    return out
+
+
+def load(engine, path: Path, world_size: int, device: torch.device | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Collective: restore engine, RNG and this rank's state. Returns ``(meta, rank_state)``; a warning
+    about the RNG (see :func:`set_rng_state`) is in ``rank_state["rng_warning"]``.
+
+    At another world size than the checkpoint's (an engine built with :func:`universal_config`), rank 0
+    first converts it to DeepSpeed's universal checkpoint, which every rank then loads its own
+    partition of; ``rank_state["data_world"]`` then holds every old rank's data state (for the loader
+    to remap), and the RNG is left to the caller: old ranks' streams cannot continue on new ranks."""
+    rank = dist.get_rank() if dist.is_initialized() else 0
+    meta = read_meta(path)
+    elastic = meta["world_size"] != world_size
+    if elastic and not engine.load_universal_checkpoint():
+        raise CheckpointError(f"{path} was written by {meta['world_size']} ranks but this run has {world_size}, "
+                              "and the engine was not built to load a universal checkpoint")
+    tag = TAG
+    if elastic:
+        if rank == 0:
+            convert_to_universal(path)
+        _barrier()
+        tag = UNIVERSAL_TAG
+        if not (path / tag).is_dir():  # rank 0 failed; its own error is the one reported
+            raise CheckpointError(f"{path / tag} was not written")
+    try:
+        load_path, _ = engine.load_checkpoint(str(path), tag=tag, load_optimizer_states=True,
+                                              load_lr_scheduler_states=False)
+    except Exception as e:  # noqa: BLE001 - truncated or garbled files surface as many error types
+        raise CheckpointError(f"DeepSpeed could not load {path / tag} ({type(e).__name__}: {one_line(e)[:200]})"
+                              + _damaged(path)) from None
+    if load_path is None:
+        raise CheckpointError(f"DeepSpeed could not load {path / tag}" + _damaged(path))
+    if elastic:
+        world = [_read_rank_file(path, r) for r in range(meta["world_size"])]
+        state = {k: v for k, v in world[0].items() if k not in ("rng", "data")}
+        state["data_world"] = [s["data"] for s in world]
+        state["rng_warning"] = ""
+        return meta, state
+    state = _read_rank_file(path, rank)
+    state["rng_warning"] = set_rng_state(state.pop("rng"), device)
     return meta, state
+
+
+def universal_config(ds_config: dict[str, Any]) -> dict[str, Any]:
+    """``ds_config`` for an engine that loads a universal checkpoint (DeepSpeed reads this at build)."""
+    return {**ds_config, "checkpoint": {**ds_config.get("checkpoint", {}), "load_universal": True}}
 
 
 def read_meta(path: Path) -> dict[str, Any]:

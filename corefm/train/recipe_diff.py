@@ -16,6 +16,9 @@ HONOURED = (
     "optim.lr",  # the schedule's base learning rate is rescaled from the resume point on
     "train.max_steps", "schedule.*",  # the schedule is rebuilt from the recipe, at the saved step
     "train.grad_clip",  # DeepSpeed reads it from the ds_config built now
+    # also read from the new ds_config; the data position counts micro-batches, so it survives. It is
+    # how a resume at another world size keeps the global batch (2 ranks x 1 -> 1 rank x 2).
+    "train.grad_accum",
     "train.on_nonfinite", "train.max_consecutive_nonfinite", "train.deterministic",
     "log.*", "eval.*", "data.val", "checkpoint.every", "checkpoint.keep_last", "checkpoint.export_final",
     "checkpoint.resume", "model.compile", "model.attention_backend", "model.linear_backend",

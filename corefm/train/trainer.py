@@ -23,6 +23,7 @@ import deepspeed
 import torch
 
 from corefm.data import build_loader
+from corefm.data.stream import seed_int
 from corefm.errors import ConfigError, TrainingError
 from corefm.nn import kernels
 from corefm.train import checkpoint as ckpt
@@ -140,13 +141,19 @@ class Trainer:
         scheduler = build_scheduler(optimizer, recipe.schedule, cfg.max_steps)
         base_lrs = [group["initial_lr"] for group in optimizer.param_groups]  # from this recipe's optim.lr
         ds_config = build_ds_config(recipe)
+        old_meta = ckpt.read_meta(last) if last is not None else {"world_size": comm.world}
+        if old_meta["world_size"] != comm.world:  # DeepSpeed decides at build how it will load
+            ds_config = ckpt.universal_config(ds_config)
         register_external_parameters(task, recipe.deepspeed.zero_stage)
         engine, _, _, _ = deepspeed.initialize(model=task, optimizer=optimizer, config=ds_config)
         task.place(placement.device)
-        step, data_state, meta, rng_warning = 0, None, {}, ""
+        step, data_state, world_state, meta, rng_warning = 0, None, None, {}, ""
         if last is not None:
             meta, state = ckpt.load(engine, last, comm.world, placement.device)
-            step, data_state, rng_warning = meta["step"], state["data"], state["rng_warning"]
+            step, rng_warning = meta["step"], state["rng_warning"]
+            data_state, world_state = state.get("data"), state.get("data_world")
+            if world_state is not None:  # another world size: old ranks' RNG streams do not map onto new ranks
+                torch.manual_seed(seed_int("corefm-elastic", cfg.seed, step, comm.rank))
             # The schedule follows from the recipe and the step: rebuilt there, from this recipe's
             # learning rate (the optimizer's restored groups carry the old one).
             for group, base in zip(optimizer.param_groups, base_lrs):
@@ -156,7 +163,8 @@ class Trainer:
             torch.manual_seed(cfg.seed * 1000 + comm.rank)  # per-rank randomness (dropout) after the shared init
         loader = build_loader(recipe.data.train, recipe.data, rank=comm.rank, world_size=comm.world,
                               batch_size=cfg.micro_batch_size, map_fn=task.sample_transform(True),
-                              collate_fn=task.collate, state=data_state, pin_memory=placement.pin_memory)
+                              collate_fn=task.collate, state=data_state, world_state=world_state,
+                              pin_memory=placement.pin_memory)
         config_dict = recipe_to_dict(recipe)
         monitor = Monitor(recipe.log, run_dir, cfg.max_steps, step, config_dict, enabled=comm.rank == 0)
         if comm.rank == 0:
@@ -166,6 +174,9 @@ class Trainer:
                           f"{placement.device.type} ({placement.backend}), ZeRO-{recipe.deepspeed.zero_stage}, "
                           f"{recipe.deepspeed.precision}, {params:,} parameters"
                           + (f", resumed from {last.name}" if last is not None else ""))
+            if world_state is not None:
+                monitor.print(world_change_line(old_meta, recipe, comm.world, last, loader.remapped))
+                monitor.record(step, "world_size_change", {"from": old_meta["world_size"], "to": comm.world})
             if changes:
                 monitor.print(f"corefm: resuming with a changed recipe: {recipe_diff.describe(changes)}")
                 monitor.record(step, "recipe_change", {k: list(v) for k, v in changes.items()})
@@ -326,6 +337,16 @@ class Trainer:
             ckpt.write_text_atomic(final_file, json.dumps(final, indent=2))
         self.monitor.close()
         return final
+
+
+def world_change_line(old_meta: dict[str, Any], recipe: Recipe, world: int, last: Path, remapped: str) -> str:
+    """The one line that announces a resume at another world size."""
+    old_train = old_meta["recipe"]["train"]
+    before = old_train["micro_batch_size"] * old_train["grad_accum"] * old_meta["world_size"]
+    after = recipe.train.micro_batch_size * recipe.train.grad_accum * world
+    batch = f"global batch {before}" + (f" -> {after}" if after != before else " kept")
+    return (f"corefm: world size {old_meta['world_size']} -> {world}: {last.name} loaded through DeepSpeed's "
+            f"universal checkpoint ({ckpt.UNIVERSAL_TAG}/); {remapped}; {batch}")
 
 
 def _recorded_losses(run_dir: Path) -> dict[str, Any]:
