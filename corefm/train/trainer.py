@@ -188,6 +188,8 @@ class Trainer:
         trainer = cls(recipe, placement, comm, task, engine, optimizer, scheduler, loader, monitor, meter, step,
                       optimizer_device, stop)
         trainer.resumed_metrics = meta.get("train_metrics") or _recorded_losses(run_dir)
+        if last is not None and state.get("flops_per_micro"):
+            trainer.start_counted(state["flops_per_micro"])
         return trainer
 
     # --- the loop ----------------------------------------------------------------------------
@@ -256,14 +258,20 @@ class Trainer:
     def forward(self, batch: dict[str, Any], **kwargs: Any) -> dict[str, torch.Tensor]:
         if self.flops_per_micro:
             return self.engine(batch, **kwargs)
-        # FLOPs are counted once, on the first micro-batch (backward costs about twice the forward).
-        # A compiled module runs kernels the counter cannot see, so model.compile takes effect after
-        # this first, eager, micro-batch.
+        # FLOPs are counted once per run, on its first micro-batch (backward costs about twice the
+        # forward), and a resumed run takes the count from its checkpoint: torch's counter decomposes
+        # some ops into others, so the counted forward can round differently on a GPU, and it must
+        # be the same step in an interrupted run as in an uninterrupted one.
         out, fwd_flops = count_flops(lambda: self.engine(batch, **kwargs))
-        self.flops_per_micro = 3 * fwd_flops
+        self.start_counted(3 * fwd_flops)
+        return out
+
+    def start_counted(self, flops_per_micro: int) -> None:
+        """FLOPs per micro-batch are known: from here on forwards run as they are, compiled if the recipe
+        says so (a compiled module runs kernels the counter cannot see)."""
+        self.flops_per_micro = flops_per_micro
         if self.recipe.model_runtime.compile:
             self.engine.compile()
-        return out
 
     # --- logging, evaluation, checkpoints ----------------------------------------------------
     def log(self) -> None:
@@ -311,7 +319,7 @@ class Trainer:
             else self.resumed_metrics
         meta = {"step": self.step, "world_size": self.comm.world, "recipe": self.config_dict, "time": time.time(),
                 "train_metrics": train_metrics}
-        rank_state = {"data": self.loader.state_dict()}
+        rank_state = {"data": self.loader.state_dict(), "flops_per_micro": self.flops_per_micro}
         ckpt.save(self.engine, self.ckpt_root, self.step, rank_state, meta, self.recipe.checkpoint.keep_last,
                   self.placement.device)
 

@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 from tests.e2e.util import ROOT, final, losses, run, small_overrides, train_cmd
 
@@ -48,6 +49,10 @@ def test_kill9_then_rerun_matches_uninterrupted(digits, tmp_path, stage):
     proc.wait()
     killed_at = max(losses(run_dir))
     assert killed_at < 24, "the run finished before it was killed"
+    # the resumed run takes its FLOPs per micro-batch from here instead of counting them on its first
+    # step: torch's counter can change a GPU forward's rounding, so it runs on step 1 of either run only
+    rank_state = torch.load(run_dir / "checkpoints" / "step_00000008" / "rank_00000.pt", weights_only=False)
+    assert rank_state["flops_per_micro"] > 0
 
     again = run(cmd)
     assert again.returncode == 0, again.stderr[-3000:]
