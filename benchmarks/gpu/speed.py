@@ -22,7 +22,6 @@ Prints markdown tables; writes JSON. Nothing is asserted.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import io
 import json
 import os
@@ -46,6 +45,7 @@ from corefm.train.meters import measure_matmul_peak  # noqa: E402
 from projects.openelm.model import OpenELM  # noqa: E402
 
 RESULTS = os.path.join(os.path.dirname(HERE), "results", "gpu_speed.json")
+LLAMA, UNIFORM = "transformers Llama (uniform, sdpa)", "corefm OpenELM (uniform)"
 
 
 def sync(device: torch.device) -> None:
@@ -65,9 +65,14 @@ def timed(fn: Callable[[], int], device: torch.device, iters: int, warmup: int =
     return done / (time.perf_counter() - start)
 
 
+PARTIAL: dict[str, list[float]] = {}  # the rounds of the measurement in progress, kept if it is stopped
+
+
 def rounds(fns: dict[str, Callable[[], float]], n: int) -> dict[str, list[float]]:
     """Each function once per round, in turn; all rates per name."""
     out: dict[str, list[float]] = {k: [] for k in fns}
+    PARTIAL.clear()
+    PARTIAL.update(out)
     for _ in range(n):
         for name, fn in fns.items():
             out[name].append(fn())
@@ -100,46 +105,60 @@ def lm_train_step(model: torch.nn.Module, is_llama: bool, batch: int, seq: int, 
     return step
 
 
-def openelm_section(args, device: torch.device, peak: float) -> dict[str, Any]:
-    layers, width, seq, batch = (16, 1280, 2048, args.lm_batch) if not args.quick else (2, 128, 64, 2)
+def openelm_models(args) -> dict[str, tuple[torch.nn.Module, Any, bool]]:
+    """name -> (model, config, is_llama): the real OpenELM-270M, corefm's uniform twin and Llama's."""
+    layers, width = (16, 1280) if not args.quick else (2, 128)
     real = openelm_config(layers, width, scaled=True)
     if not args.quick:  # the released OpenELM-270M: layer-wise scaling, FFN widths divisible by 256
         real.ffn_dim_divisor = 256
     uniform = openelm_config(layers, width, scaled=False)
     torch.manual_seed(0)
-    dtype = torch.bfloat16
-    models = {"corefm OpenELM-270M (layer-wise scaled)": (OpenELM(real), real, False),
-              "corefm OpenELM (uniform)": (OpenELM(uniform), uniform, False),
-              "transformers Llama (uniform, sdpa)": (llama_like(uniform), uniform, True)}
-    rows: dict[str, dict[str, Any]] = {}
+    return {"corefm OpenELM-270M (layer-wise scaled)": (OpenELM(real), real, False),
+            "corefm OpenELM (uniform)": (OpenELM(uniform), uniform, False),
+            LLAMA: (llama_like(uniform), uniform, True)}
+
+
+def openelm_section(args, device: torch.device, peak: float, compiled: bool,
+                    into: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Training tokens/s and MFU of the three models, eager or under torch.compile; eager runs also
+    time decoding. ``into``: an earlier (eager) result whose rows take the compiled numbers."""
+    seq, batch = (2048, args.lm_batch) if not args.quick else (64, 2)
+    models = openelm_models(args)
+    res = into or {"settings": {"layers": models[LLAMA][1].num_transformer_layers, "width": models[LLAMA][1].model_dim,
+                                "seq": seq, "batch": batch}, "rows": []}
+    rows = {r["model"]: r for r in res["rows"]}
+    suffix = "_compiled" if compiled else ""
     train_fns: dict[str, Callable[[], float]] = {}
     for name, (model, cfg, is_llama) in models.items():
-        model.to(device, dtype).train()
-        per_token = model_flops_per_token(cfg, seq)
-        rows[name] = {"model": name, "params": sum(p.numel() for p in model.parameters()),
-                      "train_flops_per_token": per_token}
-        for compiled in ([False, True] if args.compile else [False]):
-            key = f"{name}{' + compile' if compiled else ''}"
-            step = lm_train_step(model, is_llama, batch, seq, cfg.vocab_size, device, compiled)
-            train_fns[key] = lambda step=step: timed(step, device, args.iters, warmup=3 if compiled else 2)
+        model.to(device, torch.bfloat16).train()
+        rows.setdefault(name, {"model": name, "params": sum(p.numel() for p in model.parameters()),
+                               "train_flops_per_token": model_flops_per_token(cfg, seq)})
+        step = lm_train_step(model, is_llama, batch, seq, cfg.vocab_size, device, compiled)
+        train_fns[name] = lambda step=step: timed(step, device, args.iters, warmup=3 if compiled else 2)
     train = rounds(train_fns, args.rounds)
-    for key, rates in train.items():
-        name = key.removesuffix(" + compile")
-        suffix = "_compiled" if key.endswith("compile") else ""
+    for name, rates in train.items():
         rate = statistics.median(rates)
         rows[name][f"train_tokens_per_s{suffix}"] = rate
         rows[name][f"mfu{suffix}"] = rate * rows[name]["train_flops_per_token"] / peak
-    llama = "transformers Llama (uniform, sdpa)"
-    for suffix in ("", "_compiled"):
-        for name, row in rows.items():
-            if f"train_tokens_per_s{suffix}" in row:
-                # equal FLOPs: model FLOP/s against Llama's (the uniform shapes have the same per-token FLOPs)
-                row[f"train_flops_vs_llama{suffix}"] = (row[f"train_tokens_per_s{suffix}"] * row["train_flops_per_token"]
-                                                        / (rows[llama][f"train_tokens_per_s{suffix}"]
-                                                           * rows[llama]["train_flops_per_token"]))
+    for row in rows.values():
+        # equal FLOPs: model FLOP/s against Llama's (the uniform shapes have the same per-token FLOPs)
+        row[f"train_flops_vs_llama{suffix}"] = (row[f"train_tokens_per_s{suffix}"] * row["train_flops_per_token"]
+                                                / (rows[LLAMA][f"train_tokens_per_s{suffix}"]
+                                                   * rows[LLAMA]["train_flops_per_token"]))
+    res[f"train_rounds{suffix}"] = train
+    res["rows"] = list(rows.values())
+    if not compiled:
+        decode_section(args, device, models, rows, res)
+    for model, _, _ in models.values():
+        model.to("cpu")
+    return res
+
+
+def decode_section(args, device: torch.device, models, rows: dict[str, dict[str, Any]], res: dict[str, Any]) -> None:
+    """KV-cached greedy decoding, corefm's generate against transformers', at batch 1 and 32."""
     decode_fns: dict[str, Callable[[], float]] = {}
     prompt, new = (128, 128) if not args.quick else (8, 8)
-    for name in ("corefm OpenELM (uniform)", llama):
+    for name in (UNIFORM, LLAMA):
         model, cfg, is_llama = models[name]
         model.eval()
         for b in (1, 32):
@@ -150,12 +169,10 @@ def openelm_section(args, device: torch.device, peak: float) -> dict[str, Any]:
         name, _, what = key.rpartition(" decode ")
         rows[name][f"decode_{what}_tokens_per_s"] = statistics.median(rates)
     for b in ("b1", "b32"):
-        ours, theirs = rows["corefm OpenELM (uniform)"], rows[llama]
+        ours, theirs = rows[UNIFORM], rows[LLAMA]
         ours[f"decode_{b}_vs_llama"] = ours[f"decode_{b}_tokens_per_s"] / theirs[f"decode_{b}_tokens_per_s"]
-    for model, _, _ in models.values():
-        model.to("cpu")
-    return {"settings": {"layers": layers, "width": width, "seq": seq, "batch": batch, "prompt": prompt,
-                         "new_tokens": new}, "rows": list(rows.values()), "train_rounds": train, "decode_rounds": decode}
+    res["settings"].update(prompt=prompt, new_tokens=new)
+    res["decode_rounds"] = decode
 
 
 # --- CLIP --------------------------------------------------------------------------------------
@@ -243,41 +260,49 @@ def loader_section(args, device: torch.device, consumed: float) -> dict[str, Any
 
 # --- report ------------------------------------------------------------------------------------
 def tables(res: dict[str, Any]) -> str:
-    lm, clip, load = res["openelm"], res["clip"], res["loader"]
-    s = lm["settings"]
+    """Markdown tables of whichever sections were measured."""
     lines = [f"Device: {res['device']}; torch {res['torch']} (CUDA {res['cuda']}); bf16 matmul peak measured "
-             f"here {res['peak_bf16_flops'] / 1e12:.1f} TFLOP/s; {res['date']}.", "",
-             f"OpenELM training, seq {s['seq']}, batch {s['batch']}, bf16, fused AdamW (median of {res['rounds']} rounds):",
+             f"here {res['peak_bf16_flops'] / 1e12:.1f} TFLOP/s; {res['date']}."]
+    if "openelm" in res:
+        lines += [""] + openelm_tables(res["openelm"], res["rounds"])
+    if "clip" in res:
+        clip = res["clip"]
+        lines += ["", f"CLIP {clip['model']} training step, batch {clip['batch']}, bf16 autocast, open_clip's ClipLoss "
+                  f"(real captions: {clip['caption_tokens']} of {clip['context']} tokens):", "",
+                  "| model | samples/s | vs open_clip |", "|---|---:|---:|"]
+        lines += [f"| {k} | {v:,.0f} | {clip['vs_open_clip'][k]:.2f}x |" for k, v in clip["samples_per_s"].items()]
+    if "loader" in res:
+        load = res["loader"]
+        lines += ["", f"corefm's loader, {load['image_size']} px JPEG image-text shards through the CLIP task's "
+                  f"transform, batch {load['batch']}, against the {load['clip_step_consumes']:,.0f} samples/s the CLIP "
+                  "step consumes:", "", "| loader | samples/s | x what the GPU consumes |", "|---|---:|---:|"]
+        lines += [f"| {k} | {v:,.0f} | {load['headroom'][k]:.2f}x |" for k, v in load["samples_per_s"].items()]
+    lines += [f"\nFAILED: {e}" for e in res.get("errors", [])]
+    return "\n".join(lines)
+
+
+def openelm_tables(lm: dict[str, Any], n_rounds: int) -> list[str]:
+    s = lm["settings"]
+    lines = [f"OpenELM training, seq {s['seq']}, batch {s['batch']}, bf16, fused AdamW (median of {n_rounds} rounds):",
              "", "| model | params | tokens/s | MFU | vs Llama (FLOP/s) | + compile tokens/s | MFU | vs Llama |",
              "|---|---:|---:|---:|---:|---:|---:|---:|"]
     for r in lm["rows"]:
-        cells = [r["model"], f"{r['params'] / 1e6:.1f}M", f"{r['train_tokens_per_s']:,.0f}", f"{100 * r['mfu']:.1f}%",
-                 f"{r['train_flops_vs_llama']:.2f}x"]
-        if "train_tokens_per_s_compiled" in r:
-            cells += [f"{r['train_tokens_per_s_compiled']:,.0f}", f"{100 * r['mfu_compiled']:.1f}%",
-                      f"{r['train_flops_vs_llama_compiled']:.2f}x"]
-        else:
-            cells += ["-", "-", "-"]
+        cells = [r["model"], f"{r['params'] / 1e6:.1f}M"]
+        for suffix in ("", "_compiled"):
+            cells += ([f"{r['train_tokens_per_s' + suffix]:,.0f}", f"{100 * r['mfu' + suffix]:.1f}%",
+                       f"{r['train_flops_vs_llama' + suffix]:.2f}x"] if f"train_tokens_per_s{suffix}" in r
+                      else ["-", "-", "-"])
         lines.append("| " + " | ".join(cells) + " |")
-    lines += ["", f"KV-cached greedy decoding, {s['prompt']}-token prompt, {s['new_tokens']} new tokens, bf16:", "",
-              "| model | batch 1 tok/s | vs generate | batch 32 tok/s | vs generate |", "|---|---:|---:|---:|---:|"]
-    for r in lm["rows"]:
-        if "decode_b1_tokens_per_s" in r:
-            rel = [f"{r['decode_b1_vs_llama']:.2f}x", f"{r['decode_b32_vs_llama']:.2f}x"] if "decode_b1_vs_llama" in r \
-                else ["1.00x", "1.00x"]
-            lines.append(f"| {r['model']} | {r['decode_b1_tokens_per_s']:,.0f} | {rel[0]} | "
-                         f"{r['decode_b32_tokens_per_s']:,.0f} | {rel[1]} |")
-    lines += ["", f"CLIP {clip['model']} training step, batch {clip['batch']}, bf16 autocast, open_clip's ClipLoss "
-              f"(real captions: {clip['caption_tokens']} of {clip['context']} tokens):", "",
-              "| model | samples/s | vs open_clip |", "|---|---:|---:|"]
-    for k, v in clip["samples_per_s"].items():
-        lines.append(f"| {k} | {v:,.0f} | {clip['vs_open_clip'][k]:.2f}x |")
-    lines += ["", f"corefm's loader, {load['image_size']} px JPEG image-text shards through the CLIP task's transform, "
-              f"batch {load['batch']}, against the {load['clip_step_consumes']:,.0f} samples/s the CLIP step consumes:",
-              "", "| loader | samples/s | x what the GPU consumes |", "|---|---:|---:|"]
-    for k, v in load["samples_per_s"].items():
-        lines.append(f"| {k} | {v:,.0f} | {load['headroom'][k]:.2f}x |")
-    return "\n".join(lines)
+    if "prompt" in s:
+        lines += ["", f"KV-cached greedy decoding, {s['prompt']}-token prompt, {s['new_tokens']} new tokens, bf16:", "",
+                  "| model | batch 1 tok/s | vs generate | batch 32 tok/s | vs generate |", "|---|---:|---:|---:|---:|"]
+        for r in lm["rows"]:
+            if "decode_b1_tokens_per_s" in r:
+                rel = [f"{r['decode_b1_vs_llama']:.2f}x", f"{r['decode_b32_vs_llama']:.2f}x"] \
+                    if "decode_b1_vs_llama" in r else ["1.00x", "1.00x"]
+                lines.append(f"| {r['model']} | {r['decode_b1_tokens_per_s']:,.0f} | {rel[0]} | "
+                             f"{r['decode_b32_tokens_per_s']:,.0f} | {rel[1]} |")
+    return lines
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -290,6 +315,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--workers", default="8,14", help="loader worker counts to try")
     p.add_argument("--no-compile", dest="compile", action="store_false", help="skip the torch.compile rows")
+    p.add_argument("--sections", default="openelm,clip,loader,compile",
+                   help="what to measure, in order (compile: the OpenELM rows under torch.compile)")
+    p.add_argument("--merge", default="", help="an earlier results JSON whose sections are kept")
     p.add_argument("--train-json", default="", help="train_check.py's JSON, merged into the output")
     p.add_argument("--json", default=RESULTS)
     args = p.parse_args(argv)
@@ -307,23 +335,53 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     import transformers
 
     res["transformers"] = transformers.__version__
-    res["openelm"] = openelm_section(args, device, peak)
-    res["clip"] = clip_section(args, device)
-    consumed = res["clip"]["samples_per_s"]["corefm, real caption lengths"]
-    res["loader"] = loader_section(args, device, consumed)
-    res["seconds"] = time.time() - started
+    if args.merge:  # sections measured earlier (another call on the same machine kind) are kept
+        with open(args.merge) as f:
+            res = json.load(f) | {k: res[k] for k in ("device", "torch", "cuda", "transformers")}
+        res.pop("errors", None)
+        peak = res["peak_bf16_flops"]  # MFU of every row against one peak
+    # Each section is saved as soon as it is measured and a failing one is recorded, not fatal: on a
+    # lent machine with a hard time limit, what was measured before a stop must survive it.
+    measure = {
+        "openelm": lambda: openelm_section(args, device, peak, compiled=False),
+        "clip": lambda: clip_section(args, device),
+        "loader": lambda: loader_section(args, device, res["clip"]["samples_per_s"]["corefm, real caption lengths"]),
+        # last: compiling three models is the slowest part; its rows join the eager ones
+        "compile": lambda: openelm_section(args, device, peak, compiled=True, into=res.get("openelm")),
+    }
+    wanted = [name for name in args.sections.split(",") if args.compile or name != "compile"]
+    unknown = set(wanted) - set(measure)
+    if unknown:
+        p.error(f"unknown sections {sorted(unknown)}; known: {', '.join(measure)}")
     if args.train_json and os.path.isfile(args.train_json):
         with open(args.train_json) as f:
             res["training"] = json.load(f)
         print("Training checks (benchmarks/gpu/train_check.py):\n\n" + res["training"]["table"] + "\n")
+    for name in wanted:
+        print(f"speed: {name} ...", file=sys.stderr, flush=True)
+        try:
+            res["openelm" if name == "compile" else name] = measure[name]()
+        except KeyboardInterrupt:  # the time box (check.sh's timeout -s INT): keep what was measured
+            res.setdefault("errors", []).append(f"{name}: stopped at the time limit")
+            res.setdefault("stopped", {})[name] = {k: v for k, v in PARTIAL.items() if v}  # rounds done
+            save(res, args.json)
+            break
+        except Exception as e:  # noqa: BLE001 - recorded in the results and the exit code, the rest still runs
+            res.setdefault("errors", []).append(f"{name}: {type(e).__name__}: {e}")
+            print(f"speed: {name} failed: {type(e).__name__}: {e}", file=sys.stderr, flush=True)
+        res["seconds"] = time.time() - started
+        save(res, args.json)
     print(tables(res))
-    os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
-    with open(args.json, "w") as f:
-        json.dump(res, f, indent=1)
     print(f"\nwrote {args.json}")
     return res
 
 
+def save(res: dict[str, Any], path: str) -> None:
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path + ".tmp", "w") as f:
+        json.dump(res, f, indent=1)
+    os.replace(path + ".tmp", path)
+
+
 if __name__ == "__main__":
-    with contextlib.suppress(KeyboardInterrupt):
-        main()
+    sys.exit(1 if main().get("errors") else 0)

@@ -26,14 +26,33 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[2]
 RESULTS = ROOT / "benchmarks" / "results" / "gpu_train.json"
+# Past the deadline (--deadline, or SIGTERM/SIGINT to this script) no run starts and every running
+# one is killed with its process group: the runs live in sessions of their own (as a node's job
+# would), so a signal to this script alone would leave them holding the GPU.
+STOP = threading.Event()
+LIVE: set[subprocess.Popen] = set()
+LIVE_LOCK = threading.Lock()
+
+
+def stop_all(reason: str) -> None:
+    if not STOP.is_set():
+        print(f"train_check: {reason}: stopping every run", file=sys.stderr, flush=True)
+    STOP.set()
+    with LIVE_LOCK:
+        for proc in LIVE:
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
 
 
 @dataclass
@@ -61,10 +80,14 @@ def train_command(run: Run) -> list[str]:
 
 def start(run: Run, env: dict[str, str]) -> Run:
     run.run_dir.mkdir(parents=True, exist_ok=True)
-    log = open(run.run_dir / "train.log", "w")
+    log = open(run.run_dir / "train.log", "a")
     run.started = time.time()
-    run.proc = subprocess.Popen(train_command(run), cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env=env,
-                                start_new_session=True)
+    with LIVE_LOCK:
+        if STOP.is_set():  # past the deadline: never started (finish reports it)
+            return run
+        run.proc = subprocess.Popen(train_command(run), cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env=env,
+                                    start_new_session=True)
+        LIVE.add(run.proc)
     return run
 
 
@@ -79,10 +102,15 @@ def losses(run_dir: Path) -> dict[int, float]:
 
 
 def finish(run: Run, expect: str) -> dict[str, Any]:
+    res: dict[str, Any] = {"project": run.project, "name": run.name, "zero": run.stage}
+    if run.proc is None:
+        return res | {"rc": None, "seconds": 0, "first_loss": None, "last_loss": None, "eval": None,
+                      "checks": {"started before the deadline": False}, "ok": False}
     code = run.proc.wait()
+    with LIVE_LOCK:
+        LIVE.discard(run.proc)
     log = (run.run_dir / "train.log").read_text()
-    res: dict[str, Any] = {"project": run.project, "name": run.name, "zero": run.stage, "rc": code,
-                           "seconds": round(time.time() - run.started, 1)}
+    res |= {"rc": code, "seconds": round(time.time() - run.started, 1)}
     steps = losses(run.run_dir)
     res["first_loss"], res["last_loss"] = (steps[min(steps)], steps[max(steps)]) if steps else (None, None)
     final = run.run_dir / "final.json"
@@ -95,7 +123,7 @@ def finish(run: Run, expect: str) -> dict[str, Any]:
     checks = {"exit 0": code == 0, f"on {expect}": f" on {expect}," in log,
               "loss falls": bool(steps) and res["last_loss"] < res["first_loss"],
               "eval": bool(res["eval"]), "export": (run.run_dir / "model.safetensors").is_file()}
-    if code == 0:
+    if code == 0 and not STOP.is_set():
         rel = subprocess.run(corefm("release", str(run.run_dir), "--out", str(run.run_dir / "release")), cwd=ROOT,
                              capture_output=True, text=True, env=os.environ | {"PYTHONUNBUFFERED": "1"})
         checks["release"] = rel.returncode == 0 and any((run.run_dir / "release").iterdir())
@@ -142,6 +170,20 @@ def sam_clip_distill(args, out: Path) -> Run:
                name="fashion_distill (teachers online)")
 
 
+def distill_after(args, out: Path, env: dict[str, str], expect: str, needs: list[Future]) -> dict[str, Any]:
+    """The distillation run, once the runs that make its teachers have passed."""
+    run = Run("sam_clip", "projects/sam_clip/configs/fashion_distill.yaml", {}, 2, out / "sam_clip_distill_z2",
+              name="fashion_distill (teachers online)")
+    if not all(f.result()["ok"] for f in needs):
+        return finish(run, expect) | {"checks": {"teacher runs passed": False}}
+    try:
+        run = sam_clip_distill(args, out)
+    except subprocess.CalledProcessError as e:
+        tail = (e.stderr or b"").decode(errors="replace")[-2000:]
+        return finish(run, expect) | {"checks": {"export-sam": False}, "log_tail": tail}
+    return finish(start(run, env), expect)
+
+
 def resume_check(args, out: Path, env: dict[str, str], expect: str) -> dict[str, Any]:
     """Uninterrupted and killed-then-resumed deterministic OpenELM runs must log the same losses."""
     data, steps = Path(args.data), args.resume_steps
@@ -152,10 +194,12 @@ def resume_check(args, out: Path, env: dict[str, str], expect: str) -> dict[str,
     straight = start(Run("openelm", recipe, sets, 2, out / "resume_straight"), env)
     killed = start(Run("openelm", recipe, sets, 2, out / "resume_killed"), env)
     marker, want = killed.run_dir / "checkpoints" / "latest", f"step_{steps // 2:08d}"
-    while not (marker.is_file() and marker.read_text().strip() >= want) and killed.proc.poll() is None:
+    while killed.proc is not None and not (marker.is_file() and marker.read_text().strip() >= want) \
+            and killed.proc.poll() is None:
         time.sleep(0.05)
-    os.killpg(killed.proc.pid, signal.SIGKILL)
-    killed.proc.wait()
+    if killed.proc is not None:
+        os.killpg(killed.proc.pid, signal.SIGKILL)
+        killed.proc.wait()
     killed_at = max(losses(killed.run_dir) or {0: 0})
     again = start(Run("openelm", recipe, sets, 2, killed.run_dir), env)
     a, b = finish(straight, expect), finish(again, expect)
@@ -175,7 +219,7 @@ def table(results: list[dict[str, Any]], resume: dict[str, Any] | None) -> str:
         metric = next((f"{k} {ev[k]:.3f}" for k in ("accuracy", "perplexity", "zero_shot_top1", "miou_gt_box",
                                                     "miou_target_box", "clip_cosine") if k in ev), "-")
         speed = (f"{r['tokens_per_s']:,.0f} tok/s" if "tokens_per_s" in r else
-                 f"{r.get('samples_per_s', 0):,.0f} samples/s") + (f", MFU {100 * r['mfu']:.1f}%" if "mfu" in r else "")
+                 f"{r.get('samples_per_s', 0):,.0f} samples/s") + (f", MFU {100 * r['mfu']:.2g}%" if "mfu" in r else "")
         loss = f"{r['first_loss']:.3f} -> {r['last_loss']:.3f}" if r["first_loss"] is not None else "-"
         bad = [k for k, v in r["checks"].items() if not v]
         lines.append(f"| {r['project']} | {r['name']} | {r['zero']} | {loss} | {metric} | {speed} | {r['seconds']} | "
@@ -200,7 +244,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-resume", dest="resume", action="store_false")
     p.add_argument("--parallel", type=int, default=8, help="runs at once (they share the one GPU)")
     p.add_argument("--json", default=str(RESULTS))
+    p.add_argument("--deadline", type=float, default=0,
+                   help="seconds after which no run starts and running ones are killed (0: none)")
     args = p.parse_args(argv)
+    if args.deadline > 0:
+        timer = threading.Timer(args.deadline, stop_all, args=(f"deadline of {args.deadline:.0f} s",))
+        timer.daemon = True
+        timer.start()
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda signum, _: stop_all(signal.Signals(signum).name))
     args.stages = [int(s) for s in args.stages.split(",")]
     projects = args.projects.split(",")
     out = Path(args.out)
@@ -213,15 +266,23 @@ def main(argv: list[str] | None = None) -> int:
     env = os.environ | {"PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
     expect = f"{args.expect_device} ({'nccl' if args.expect_device == 'cuda' else 'gloo'})"
     started = time.time()
-    runs = [r for project in projects for r in project_runs(args, project, out)]
+    # Stage-1 runs first, the two the SAM-CLIP distillation reads (clip, sam_clip) at their head, so that
+    # it starts as soon as both are done, beside the rest.
+    order = {"clip": 0, "sam_clip": 1}
+    runs = sorted((r for project in projects for r in project_runs(args, project, out)),
+                  key=lambda r: (r.stage, order.get(r.project, 2)))
     with ThreadPoolExecutor(max_workers=args.parallel) as pool:
         resume_job = pool.submit(resume_check, args, out, env, expect) \
             if args.resume and "openelm" in projects else None
-        results = list(pool.map(lambda r: finish(start(r, env), expect), runs))
-        for r in results:
-            print(table([r], None).splitlines()[-1], flush=True)
-        if "sam_clip" in projects and "clip" in projects and 1 in args.stages:
-            results.append(finish(start(sam_clip_distill(args, out), env), expect))
+        jobs = {(r.project, r.stage): pool.submit(lambda r: finish(start(r, env), expect), r) for r in runs}
+        if {("clip", 1), ("sam_clip", 1)} <= set(jobs):
+            jobs[("sam_clip", "distill")] = pool.submit(distill_after, args, out, env, expect,
+                                                        [jobs[("clip", 1)], jobs[("sam_clip", 1)]])
+        results = []
+        for job in as_completed(jobs.values()):
+            results.append(job.result())
+            print(table([results[-1]], None).splitlines()[-1], flush=True)
+        results = [jobs[k].result() for k in jobs]  # the table in a fixed order
         resume = resume_job.result() if resume_job is not None else None
     report = table(results, resume)
     print("\n" + report)

@@ -44,3 +44,19 @@ def test_speed_script_measures_every_section(tmp_path):
     assert {"openelm", "clip", "loader", "peak_bf16_flops", "torch", "date"} <= set(res)
     assert len(res["openelm"]["rows"]) == 3 and all(v > 0 for v in res["clip"]["samples_per_s"].values())
     assert "| corefm OpenELM (uniform) |" in r.stdout and "x what the GPU consumes" in r.stdout
+
+
+def test_train_check_deadline_kills_its_runs_and_still_reports(tmp_path):
+    """Past --deadline no run starts and running ones are killed with their process groups (they run
+    in sessions of their own), and the JSON still says what happened."""
+    out = tmp_path / "out.json"
+    r = run([sys.executable, str(GPU / "train_check.py"), "--data", str(tmp_path / "data"), "--out",
+             str(tmp_path / "runs"), "--projects", "vit", "--stages", "1,2", "--steps", "20000", "--no-resume",
+             "--parallel", "1", "--deadline", "25", "--expect-device", "cpu", "--json", str(out)])
+    assert r.returncode == 1 and "deadline of 25 s: stopping every run" in r.stderr
+    res = json.loads(out.read_text())
+    first, second = res["runs"]
+    assert first["rc"] == -9 and not first["ok"]  # killed mid-run
+    assert second["checks"] == {"started before the deadline": False}
+    left = subprocess.run(["pgrep", "-f", str(tmp_path / "runs")], capture_output=True, text=True).stdout
+    assert not left.strip(), f"processes left behind: {left}"
