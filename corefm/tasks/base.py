@@ -99,6 +99,11 @@ class Task(nn.Module):
         task's forward (otherwise they are partitioned away when it reads them). Default: none."""
         return []
 
+    def parameter_bounds(self) -> dict[str, tuple[float | None, float | None]]:
+        """{parameter name: (low, high)}: the trainer clamps these in place after every optimizer step
+        (module and fp32 master copies; None leaves a side open). Default: none."""
+        return {}
+
     def param_lr_scales(self) -> dict[str, float]:
         """{parameter name (as in ``named_parameters()``): lr multiplier}; unnamed parameters get 1.0."""
         return {}

@@ -28,6 +28,7 @@ from corefm.errors import ConfigError, TrainingError
 from corefm.nn import kernels
 from corefm.train import checkpoint as ckpt
 from corefm.train import recipe_diff
+from corefm.train.bounds import clamp_bounded
 from corefm.train.build import build_task, compute_dtype, register_external_parameters
 from corefm.train.comm import Comm
 from corefm.train.config import Recipe, parse_recipe, recipe_to_dict
@@ -120,6 +121,7 @@ class Trainer:
         self.batches = iter(loader)
         self.stop = stop
         self.flops_per_micro = 0
+        self.bounds = task.parameter_bounds()
         self.metrics: dict[str, Any] = {}
         self.last_loss: float | None = None
         self.resumed_metrics: dict[str, Any] = {}  # the training metrics the resumed checkpoint recorded
@@ -253,6 +255,8 @@ class Trainer:
         if micro == self.cfg.grad_accum - 1:
             self.guard.arm(self.step + 1)
         self.engine.step()
+        if micro == self.cfg.grad_accum - 1:  # after the optimizer step
+            clamp_bounded(self.task, self.bounds)
         self.meter.update(self.cfg.micro_batch_size * self.comm.world, 0, self.flops_per_micro * self.comm.world)
 
     def forward(self, batch: dict[str, Any], **kwargs: Any) -> dict[str, torch.Tensor]:

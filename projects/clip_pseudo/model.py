@@ -18,15 +18,16 @@ from corefm.registry import register_model
 from projects.clip_pseudo.config import ClipConfig, ClipPresets
 from projects.clip_pseudo.heads import HeadSpec, build_heads
 
-# open_clip clamps exp(logit_scale) at 100 after each optimizer step; clamping inside the
-# forward has the same effect without a hook in the task-agnostic trainer.
-MAX_LOGIT_SCALE = math.log(100.0)
+# As open_clip: logit_scale stays in [0, log 100], clamped after every optimizer step (the CLIP task's
+# parameter_bounds, corefm/train/bounds.py), never inside the forward, where past the bound its
+# gradient would be zero and it could not come back.
+LOGIT_SCALE_BOUNDS = (0.0, math.log(100.0))
 
 
 class ClipOutput(NamedTuple):
     image_features: torch.Tensor  # (B, embed_dim), L2-normalised
     text_features: torch.Tensor  # (B, embed_dim), L2-normalised
-    logit_scale: torch.Tensor  # (1,) exp(logit_scale), clamped at 100
+    logit_scale: torch.Tensor  # (1,) exp(logit_scale), in [1, 100] while training
     logit_bias: torch.Tensor | None  # (1,) SigLIP bias, or None
     dense: dict[str, torch.Tensor]  # head name -> (B, C, S, S)
 
@@ -109,7 +110,7 @@ class ClipModel(nn.Module):
         p = self.cfg.patch_size
         grid = (images.shape[-2] // p, images.shape[-1] // p)
         dense = self.forward_dense(vision, grid, sizes) if len(self.heads) else {}
-        scale = self.logit_scale.clamp(max=MAX_LOGIT_SCALE).exp()
+        scale = self.logit_scale.exp()
         return ClipOutput(image_features, text_features, scale, self.logit_bias, dense)
 
 

@@ -24,7 +24,7 @@ from corefm.train.grad_cache import surrogate
 from projects.clip_pseudo.heads import HeadSpec, check_heads
 from projects.clip_pseudo.labels import caption, find_image, image_tensor, labels_for
 from projects.clip_pseudo.losses import build_contrastive_loss, masked_mean, per_sample_loss
-from projects.clip_pseudo.model import eot_length
+from projects.clip_pseudo.model import LOGIT_SCALE_BOUNDS, eot_length
 from projects.clip_pseudo.openclip_io import OPENAI_MEAN, OPENAI_STD
 from corefm.eval.zero_shot import classifier, topk_correct
 
@@ -113,6 +113,9 @@ class ClipTask(Task):
 
     # The contrastive loss couples a batch's samples: under grad_accum the trainer caches gradients.
     couples_samples = True
+
+    def parameter_bounds(self) -> dict[str, tuple[float | None, float | None]]:
+        return {"model.logit_scale": LOGIT_SCALE_BOUNDS}
 
     def forward(self, batch: dict[str, Any], mode: str = "train",
                 embed_grads: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:

@@ -201,3 +201,20 @@ def test_clip_loss_across_ranks_equals_full_batch_loss():
     assert np.mean([r[1] for r in results]) == pytest.approx(float(full.detach()), rel=1e-5)
     torch.testing.assert_close(torch.tensor(sum((r[2] for r in results), [])) / 2, img.grad)
     torch.testing.assert_close(torch.tensor(sum((r[3] for r in results), [])) / 2, txt.grad)
+
+
+def test_logit_scale_is_bounded_by_the_trainer_not_cut_in_the_forward():
+    """As open_clip: the scale is clamped to [0, log 100] after each optimizer step (the trainer reads
+    parameter_bounds; tests/train/test_bounds.py runs it under ZeRO 1/2/3). In the forward it is not
+    clamped, so even past the bound its gradient flows and it can come back."""
+    import math
+
+    task = build_task(parse_recipe(_recipe(heads=[])))
+    assert task.parameter_bounds() == {"model.logit_scale": (0.0, math.log(100.0))}
+    assert "model.logit_scale" in dict(task.named_parameters())
+    with torch.no_grad():
+        task.model.logit_scale.fill_(math.log(100.0) + 0.5)
+    fn = task.sample_transform(True)
+    batch = torch.utils.data.default_collate([fn(_sample(txt=t)) for t in (b"a bag", b"a shoe", b"a coat")])
+    task({k: v for k, v in batch.items() if not k.startswith(("label_", "mask_"))})["loss"].backward()
+    assert float(task.model.logit_scale.grad.abs().sum()) > 0
