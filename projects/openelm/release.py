@@ -21,12 +21,17 @@ USAGE = """
 ```python
 from transformers import AutoModelForCausalLM, AutoTokenizer
 model = AutoModelForCausalLM.from_pretrained("{repo}", trust_remote_code=True)
-tokenizer = AutoTokenizer.from_pretrained("{repo}")  # LLaMA tokenizer when it was released alongside
+tokenizer = AutoTokenizer.from_pretrained("{repo}", trust_remote_code=True)
 ids = tokenizer("Once upon a time", return_tensors="pt").input_ids
 print(tokenizer.decode(model.generate(ids, max_new_tokens=32)[0]))
 ```
-The weights use Apple's OpenELM names and `config.json` fields, so tools written for
-`apple/OpenELM-*` work unchanged; `modeling_openelm.py` here needs only torch and transformers.
+`trust_remote_code=True` on both: `config.json` names this folder's OpenELM classes, which
+transformers reads before the tokenizer too; without it a terminal asks whether to run that code
+(the tokenizer itself is transformers' own `PreTrainedTokenizerFast`). The weights use Apple's
+OpenELM names and `config.json` fields, so code that reads `apple/OpenELM-*` checkpoints reads
+these; `modeling_openelm.py` here is corefm's own and needs only torch and transformers 5. Apple's
+published `modeling_openelm.py` predates transformers 5 (its key-value cache API and buffers made
+on the meta device) and does not run there unedited.
 Evaluate with lm-eval as OpenELM was, with a BOS token before every context: `corefm openelm
 lm-eval {repo} --tasks ...`, or lm-eval's own Hugging Face model with the same numbers:
 ```

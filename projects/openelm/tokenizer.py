@@ -140,7 +140,10 @@ def load_tokenizer(path: str | Path, add_bos_token: bool = True):
         if (path / "tokenizer.json").is_file() or (path / "tokenizer_config.json").is_file():
             from transformers import AutoTokenizer
 
-            return AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+            # A release folder's config.json names OpenELM's custom code, which transformers reads before
+            # the tokenizer: without an answer it asks in a terminal whether to run it (15 s). The
+            # tokenizer is a built-in class and needs none of that code.
+            return AutoTokenizer.from_pretrained(str(path), local_files_only=True, trust_remote_code=False)
         if (path / "tokenizer.model").is_file():
             return hf_tokenizer(_read_spm(path / "tokenizer.model"), add_bos_token)
         raise ConfigError(f"{path} holds neither tokenizer.json/tokenizer_config.json nor tokenizer.model")

@@ -87,10 +87,12 @@ def test_release_loads_in_transformers_and_runs_lm_eval(trained, tmp_path, lm_to
     assert r.returncode == 0, r.stderr[-3000:]
     assert "dry run" in r.stdout and "tokenizer.json" in r.stdout and "model.safetensors" in r.stdout
     model = AutoModelForCausalLM.from_pretrained(release, trust_remote_code=True).eval()
-    tok = AutoTokenizer.from_pretrained(release)
+    tok = AutoTokenizer.from_pretrained(release, trust_remote_code=True)  # as the card prints it
     assert tok("Romeo loves the king").input_ids[0] == 1 and len(tok) == 300
     r = run(corefm_cmd("openelm", "generate", str(release), "--prompt", "Romeo loves", "--max-new-tokens", "8"))
     assert r.returncode == 0 and r.stdout.startswith("Romeo loves"), r.stderr[-3000:]
+    # transformers asks before running a folder's custom code; corefm's own loading never makes it ask
+    assert "Do you wish to run the custom code" not in r.stdout + r.stderr
     card = (release / "README.md").read_text()
     assert "| 3 | 4 | 2 | 256 |" in card  # the last layer's query heads, KV heads and FFN width
     assert f"{36 * 8 * 2 * 32:,} tokens seen" in card and "perplexity" in card and "unigram baseline" in card
