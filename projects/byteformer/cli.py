@@ -1,4 +1,4 @@
-"""``corefm byteformer predict`` (classify files by their bytes) and ``corefm byteformer speech-digits``."""
+"""``corefm byteformer predict`` (classify files by their bytes), ``speech-digits`` and ``speech-commands``."""
 
 from __future__ import annotations
 
@@ -12,9 +12,10 @@ HELP = "ByteFormer: classify files by their raw bytes, spoken-digit shards"
 
 
 def add_cli(sub) -> None:
-    """``corefm byteformer predict|speech-digits`` (``sub``: the ``corefm byteformer`` table)."""
+    """``corefm byteformer predict|speech-digits|speech-commands`` (``sub``: the ``corefm byteformer`` table)."""
     add_predict(sub)
     add_speech_digits(sub)
+    add_speech_commands(sub)
 
 
 def add_predict(sub) -> None:
@@ -84,5 +85,28 @@ def _speech_digits(args: argparse.Namespace) -> int:
                   _ints(args.speeds, "--speeds"), not args.no_asterisk, args.train_shards, args.val_shards,
                   args.seed)
     for split, path in paths.items():
+        print(f"{split}: {path}")
+    return 0
+
+
+def add_speech_commands(sub) -> None:
+    p = sub.add_parser(
+        "speech-commands", help="Speech Commands v2 shards for the paper's 12-way task (from the extracted archive)",
+        description="Write OUT/train, OUT/val and OUT/test from the extracted speech_commands_v0.02 archive: the "
+                    "archive's WAV files under 12 classes (10 commands, unknown, silence from the background "
+                    "noise), split by its validation_list.txt and testing_list.txt.")
+    p.add_argument("--root", required=True, help="the extracted archive (word folders, the two lists, _background_noise_)")
+    p.add_argument("--out", required=True, help="output folder (gets train/, val/ and test/)")
+    p.add_argument("--train-shards", type=int, default=64)
+    p.add_argument("--val-shards", type=int, default=8)
+    p.add_argument("--test-shards", type=int, default=8)
+    p.set_defaults(func=_speech_commands)
+
+
+def _speech_commands(args: argparse.Namespace) -> int:
+    from projects.byteformer.speech_commands import build
+
+    shards = {"train": args.train_shards, "val": args.val_shards, "test": args.test_shards}
+    for split, path in build(Path(args.root), Path(args.out), shards).items():
         print(f"{split}: {path}")
     return 0

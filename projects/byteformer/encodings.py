@@ -6,7 +6,7 @@ in that format would hold. All are small picklable objects (DataLoader workers g
 Images (``PIL.Image`` in, any mode the format takes):
     fhwc, fchw        raw pixel bytes, channels last / channels first (no header)
     tiff              uncompressed TIFF (what the paper's 77.33% ImageNet result uses)
-    png               PNG (deflate)
+    png               PNG (deflate at level 0: stored blocks, as the paper)
     jpeg(quality)     baseline JPEG at that quality (paper: q100, q60)
 Audio (:class:`Waveform` in):
     wav(dtype)        RIFF WAV, float32 / int16 PCM / uint8 PCM samples
@@ -78,7 +78,9 @@ class PNG:
     modality = "image"
 
     def __call__(self, image: Image.Image) -> np.ndarray:
-        return _file_bytes(lambda f: image.save(f, format="PNG"))
+        # Stored deflate blocks (zlib level 0), as the paper and CoreNet write them (apple/ml-cvnets#100):
+        # the file is the filtered rows verbatim; PIL's default level 6 compresses them.
+        return _file_bytes(lambda f: image.save(f, format="PNG", compress_level=0))
 
 
 class JPEG:

@@ -104,6 +104,26 @@ class ByteFormer(nn.Module):
         self.merges = nn.ModuleDict({str(i): TokenMerge(c) for i in sorted(set(cfg.merge_after))})
         self.norm = nn.LayerNorm(c)
         self.head = nn.Linear(c, cfg.num_classes)
+        self.reset_parameters()
+
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        """CoreNet's ByteFormer initialisation (its ImageNet recipes): byte embeddings and learned
+        positions truncated normal with std C^-0.5 (the padding row stays zero), every Linear
+        truncated normal with std 0.02 and zero bias; LayerNorms at 1 / 0. The Conv1d keeps PyTorch's
+        default, as in CoreNet, whose initialiser covers 2-D and 3-D convolutions only."""
+        std = self.cfg.dim ** -0.5
+        nn.init.trunc_normal_(self.embed.weight[:PAD], std=std)
+        self.embed.weight[PAD].zero_()
+        nn.init.trunc_normal_(self.pos.weight, std=std)
+        for m in self.modules():
+            if isinstance(m, nn.Linear):
+                nn.init.trunc_normal_(m.weight, std=0.02)
+                if m.bias is not None:
+                    m.bias.zero_()
+            elif isinstance(m, nn.LayerNorm):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
 
     def embed_bytes(self, tokens: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """tokens: (B, L) long, lengths: (B,) -> conv tokens (B, T, C) and their mask (B, T) bool."""

@@ -13,6 +13,8 @@ from typing import Any
 
 import numpy as np
 from PIL import Image
+from torchvision.transforms import InterpolationMode, RandAugment, RandomErasing, RandomResizedCrop
+from torchvision.transforms.functional import center_crop, pil_to_tensor, resize, to_pil_image
 
 from corefm.data.errors import SkipSample
 from projects.byteformer.byte_transforms import build_transform
@@ -65,6 +67,12 @@ class BytePipeline:
         if self.audio_encoding.modality not in ("audio", "raw"):
             raise ValueError(f"task.audio_encoding {cfg.audio_encoding!r} is not an audio encoding")
         self.transforms = [build_transform(dict(t)) for t in cfg.byte_transforms]
+        # torchvision's transforms draw from torch's global RNG, which corefm's loader seeds per batch
+        # (as numpy's), so a resumed run replays them
+        self.random_resized_crop = RandomResizedCrop(cfg.image_size, interpolation=InterpolationMode.BICUBIC) \
+            if cfg.image_size else None
+        self.rand_augment = RandAugment(num_ops=2, magnitude=9)
+        self.random_erase = RandomErasing(p=cfg.random_erase, value=0)
 
     def image(self, value: Any, key: str) -> Image.Image:
         cfg = self.cfg
@@ -74,8 +82,7 @@ class BytePipeline:
             img = img.convert("L" if cfg.channels == 1 else "RGB")
         except Exception as e:  # noqa: BLE001 - any decoder failure makes the sample unusable
             raise SkipSample(f"undecodable {key} image: {e}") from None
-        if cfg.image_size and img.size != (cfg.image_size, cfg.image_size):
-            img = img.resize((cfg.image_size, cfg.image_size), Image.BILINEAR)
+        img = self.geometry(img)
         if self.train and (cfg.max_shift or cfg.hflip):
             pixels = np.asarray(img)
             if cfg.hflip and np.random.rand() < 0.5:
@@ -84,7 +91,23 @@ class BytePipeline:
                 dy, dx = np.random.randint(-cfg.max_shift, cfg.max_shift + 1, size=2)
                 pixels = np.roll(pixels, (int(dy), int(dx)), axis=(0, 1))
             img = Image.fromarray(np.ascontiguousarray(pixels))
+        if self.train and cfg.rand_augment:
+            img = self.rand_augment(img)
+        if self.train and cfg.random_erase:
+            img = to_pil_image(self.random_erase(pil_to_tensor(img)))
         return img
+
+    def geometry(self, img: Image.Image) -> Image.Image:
+        """To ``image_size`` (if set): a random resized crop when training with it, a resize and centre
+        crop in eval with ``eval_resize``, else a plain resize."""
+        size = self.cfg.image_size
+        if not size:
+            return img
+        if self.train and self.cfg.random_resized_crop:
+            return self.random_resized_crop(img)
+        if not self.train and self.cfg.eval_resize:
+            return center_crop(resize(img, self.cfg.eval_resize, InterpolationMode.BICUBIC), [size, size])
+        return img if img.size == (size, size) else img.resize((size, size), Image.BILINEAR)
 
     def audio(self, value: bytes, key: str) -> Waveform:
         cfg = self.cfg

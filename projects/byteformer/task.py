@@ -34,6 +34,11 @@ class ByteClassificationConfig:
     image_size: int = 0  # resize to a square of this size first; 0 keeps the stored size
     max_shift: int = 0  # train: random pixel shift of up to this many pixels
     hflip: bool = False  # train: random horizontal flips
+    # The paper's ImageNet augmentations (CoreNet's, from torchvision), before the image is encoded:
+    random_resized_crop: bool = False  # train: RandomResizedCrop to image_size (scale 0.08-1, bicubic)
+    eval_resize: int = 0  # eval: shorter side to this, then a centre crop of image_size (0: resize to image_size)
+    rand_augment: bool = False  # train: RandAugment (2 ops at magnitude 9)
+    random_erase: float = 0.0  # train: probability of RandomErasing a patch
     # Audio: wav | mp3 | raw.
     audio_encoding: str = "wav"
     wav_dtype: Literal["float32", "int16", "uint8"] = "int16"
@@ -128,6 +133,10 @@ class ByteClassificationTask(Task):
 @register_task("byte_classification", ByteClassificationConfig)
 def build_byte_classification(cfg: ByteClassificationConfig, model: torch.nn.Module,
                               context: TaskContext) -> Task:
+    if (cfg.random_resized_crop or cfg.eval_resize) and not cfg.image_size:
+        raise ConfigError("task.random_resized_crop and task.eval_resize need task.image_size (the crop's size)")
+    if not 0.0 <= cfg.random_erase <= 1.0:
+        raise ConfigError(f"task.random_erase is a probability, got {cfg.random_erase}")
     model_max = getattr(model, "max_bytes", 0)  # ByteFormer's position table length; a ViT has none
     max_bytes = cfg.max_bytes or model_max
     if not max_bytes:

@@ -59,6 +59,21 @@ def test_tiff_holds_the_raw_pixels():
     assert bytes(FHWC()(img)) in data  # uncompressed: the fHWC bytes appear verbatim
 
 
+def test_png_is_written_at_zlib_level_0_as_the_paper():
+    """Stored deflate blocks (apple/ml-cvnets#100): the image data is the filtered rows, uncompressed."""
+    import zlib
+
+    img = image("L")
+    data = bytes(PNG()(img))
+    at = data.index(b"IDAT")
+    idat = data[at + 4: at + 4 + int.from_bytes(data[at - 4: at], "big")]
+    rows = zlib.decompress(idat)
+    h, w = np.asarray(img).shape
+    assert len(rows) == h * (w + 1)  # a filter byte per row, then the row
+    assert idat[2] & 0b110 == 0 and len(idat) >= len(rows)  # deflate block type 00 (stored): no compression
+    assert Image.open(io.BytesIO(data)).tobytes() == img.tobytes()
+
+
 def test_jpeg_quality_changes_size():
     img = image("RGB", 64)
     assert len(JPEG(60)(img)) < len(JPEG(100)(img))

@@ -119,3 +119,20 @@ def test_bad_config_is_one_line(field, value, match):
            "task": {"name": "byte_classification"}}
     with pytest.raises(ConfigError, match=match):
         parse_recipe(raw)
+
+
+def test_initialisation_follows_corenet():
+    """Byte embeddings and positions: truncated normal, std C^-0.5 (padding row zero); Linears: truncated
+    normal, std 0.02, zero bias (CoreNet's ByteFormer recipes: linear_init trunc_normal 0.02)."""
+    torch.manual_seed(0)
+    m = ByteFormer(ByteFormerConfig(dim=256, heads=4, ffn_dim=1024, layers=2, window_size=8, kernel_size=4,
+                                    max_bytes=4096, merge_after=[0]))
+    c = 256 ** -0.5
+    assert abs(float(m.embed.weight[:PAD].std()) - c) < 0.1 * c and float(m.embed.weight[:PAD].abs().max()) <= 2
+    assert float(m.embed.weight[PAD].abs().sum()) == 0
+    assert abs(float(m.pos.weight.std()) - c) < 0.1 * c
+    linears = [x for x in m.modules() if isinstance(x, torch.nn.Linear)]
+    assert len(linears) >= 6
+    for lin in linears:
+        assert abs(float(lin.weight.std()) - 0.02) < 0.004 and float(lin.weight.abs().max()) <= 2
+        assert lin.bias is None or float(lin.bias.abs().sum()) == 0

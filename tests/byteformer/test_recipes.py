@@ -47,3 +47,40 @@ def test_recipe_runs_a_sample(path):
     with torch.no_grad():
         result = task(task.collate(out), mode="eval")
     assert result["count"] == len(samples)
+
+
+def test_imagenet_recipe_is_the_papers():
+    """CoreNet's projects/byteformer/imagenet_file_encodings/encoding_type=TIFF.yaml: global batch 48 x 8
+    GPUs x accumulation 2 = 768, 300 epochs, AdamW 1e-3 -> 2e-5 (0.02x) cosine with 7,500 warm-up
+    iterations, weight decay 0.05, label smoothing 0.1, RandomResizedCrop + flip + RandAugment +
+    RandomErase 0.25 at 224 (eval: 256 then a 224 centre crop), kernel 32, windows of 128."""
+    r = load_recipe(Path(__file__).resolve().parents[2] / "projects/byteformer/configs/imagenet_tiff.yaml")
+    ranks = 8  # the recipe's header: --nproc 8
+    assert r.train.micro_batch_size * r.train.grad_accum * ranks == 768
+    assert r.train.max_steps == -(-1_281_167 * 300 // 768)  # 300 epochs of ImageNet-1k's training set
+    assert (r.optim.lr, r.optim.weight_decay) == (1e-3, 0.05)
+    assert (r.schedule.name, r.schedule.warmup_steps, r.schedule.min_lr_ratio) == ("cosine", 7500, 0.02)
+    t = r.task
+    assert (t.image_size, t.eval_resize, t.random_resized_crop, t.hflip, t.rand_augment, t.random_erase) == \
+        (224, 256, True, True, True, 0.25)
+    assert t.label_smoothing == 0.1 and t.image_encoding == "tiff"
+    assert (r.model.kernel_size, r.model.window_size) == (32, 128)
+
+
+def test_the_papers_augmentations_replay_under_the_loaders_seeding():
+    from projects.byteformer.pipeline import BytePipeline
+    from projects.byteformer.task import ByteClassificationConfig
+
+    cfg = ByteClassificationConfig(channels=3, image_size=32, eval_resize=36, random_resized_crop=True, hflip=True,
+                                   rand_augment=True, random_erase=1.0)
+    img = Image.open(io.BytesIO(photo(48, "RGB")))
+    train, evaluate = BytePipeline(cfg, 10**6, True), BytePipeline(cfg, 10**6, False)
+    runs = []
+    for _ in range(2):
+        torch.manual_seed(3)
+        np.random.seed(3)
+        runs.append(np.asarray(train.image(img, "png")))
+    assert runs[0].shape == (32, 32, 3) and np.array_equal(runs[0], runs[1])
+    assert (runs[0] == 0).all(axis=-1).any()  # an erased patch (p = 1)
+    centre = np.asarray(evaluate.image(img, "png"))  # resize to 36, centre crop 32: no randomness
+    assert centre.shape == (32, 32, 3) and np.array_equal(centre, np.asarray(evaluate.image(img, "png")))
