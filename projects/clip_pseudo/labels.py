@@ -70,9 +70,32 @@ def caption(sample: dict, key: str = "txt") -> str:
     return text
 
 
-def image_tensor(img: Image.Image, size: int, mean: tuple, std: tuple, flip: bool) -> torch.Tensor:
-    """PIL image -> (3, size, size) float, normalised with mean/std."""
-    img = fit(img.convert("RGB"), size, Image.BICUBIC)
+Box = tuple[float, float, float, float]  # (left, top, right, bottom) as fractions of width and height
+
+
+def place(img: Image.Image, size: int, resample: int, box: Box | None = None) -> Image.Image:
+    """``fit`` (shortest side to ``size``, centre crop), or with ``box``: that region, resized to
+    size x size (a random resized crop; the same fractions cut an image and its labels alike)."""
+    if box is None:
+        return fit(img, size, resample)
+    w, h = img.size
+    region = (round(box[0] * w), round(box[1] * h), round(box[2] * w), round(box[3] * h))
+    return img.crop(region).resize((size, size), resample)
+
+
+def random_box(img: Image.Image, scale: tuple[float, float]) -> Box:
+    """torchvision's RandomResizedCrop draw (area in ``scale``, aspect 3/4-4/3, torch's RNG, which
+    corefm's loader seeds per batch) as fractions of the image."""
+    from torchvision.transforms import RandomResizedCrop
+
+    top, left, h, w = RandomResizedCrop.get_params(img, list(scale), [3 / 4, 4 / 3])
+    width, height = img.size
+    return left / width, top / height, (left + w) / width, (top + h) / height
+
+
+def image_tensor(img: Image.Image, size: int, mean: tuple, std: tuple, flip: bool, box: Box | None = None) -> torch.Tensor:
+    """PIL image -> (3, size, size) float, normalised with mean/std (``box``: see :func:`place`)."""
+    img = place(img.convert("RGB"), size, Image.BICUBIC, box)
     if flip:
         img = img.transpose(Image.FLIP_LEFT_RIGHT)
     x = torch.from_numpy(np.asarray(img, dtype=np.float32) / 255.0).permute(2, 0, 1)
@@ -92,7 +115,8 @@ def boxes_to_mask(value: Any, sample_key: Any) -> Image.Image:
     return Image.fromarray(mask)
 
 
-def label_tensor(spec: HeadSpec, value: Any, size: int, flip: bool, sample_key: Any) -> torch.Tensor:
+def label_tensor(spec: HeadSpec, value: Any, size: int, flip: bool, sample_key: Any,
+                 box: Box | None = None) -> torch.Tensor:
     """One pseudo-label -> segmentation (S, S) long, or (C, S, S) float for binary/regression."""
     img = boxes_to_mask(value, sample_key) if spec.key.endswith(".json") else open_image(value, spec.key, sample_key)
     # nearest keeps class ids, 0/1 maps and the "no value" zeros of depth maps exact
@@ -103,7 +127,7 @@ def label_tensor(spec: HeadSpec, value: Any, size: int, flip: bool, sample_key: 
         img = img.convert("L")
     if img.mode in ("I;16", "I;16B", "I;16L"):
         img = img.convert("I")  # 16-bit depth: PIL resizes 32-bit integer images, not I;16
-    img = fit(img, size, Image.NEAREST if nearest else Image.BILINEAR)
+    img = place(img, size, Image.NEAREST if nearest else Image.BILINEAR, box)
     if flip:
         img = img.transpose(Image.FLIP_LEFT_RIGHT)
     arr = np.asarray(img)
@@ -127,7 +151,8 @@ def empty_label(spec: HeadSpec, size: int) -> torch.Tensor:
     return torch.zeros(spec.channels, size, size)
 
 
-def labels_for(sample: dict, specs: list[HeadSpec], sizes: dict[str, int], flip: bool) -> dict[str, torch.Tensor]:
+def labels_for(sample: dict, specs: list[HeadSpec], sizes: dict[str, int], flip: bool,
+               box: Box | None = None) -> dict[str, torch.Tensor]:
     """``label_<name>`` and ``mask_<name>`` (1.0 if the expert's label is there) for every head.
 
     A label the expert failed to write is absent from the shard; one that is present but cannot be
@@ -140,7 +165,7 @@ def labels_for(sample: dict, specs: list[HeadSpec], sizes: dict[str, int], flip:
         label = None
         if value is not None:
             try:
-                label, ok = label_tensor(spec, value, size, flip, sample.get("__key__")), 1.0
+                label, ok = label_tensor(spec, value, size, flip, sample.get("__key__"), box), 1.0
             except SkipSample as e:
                 global _bad_labels
                 _bad_labels += 1

@@ -22,7 +22,7 @@ from corefm.registry import register_task
 from corefm.tasks.base import Task, TaskContext
 from corefm.train.grad_cache import surrogate
 from projects.clip_pseudo.heads import HeadSpec, check_heads
-from projects.clip_pseudo.labels import caption, find_image, image_tensor, labels_for
+from projects.clip_pseudo.labels import caption, find_image, image_tensor, labels_for, random_box
 from projects.clip_pseudo.losses import build_contrastive_loss, masked_mean, per_sample_loss
 from projects.clip_pseudo.model import LOGIT_SCALE_BOUNDS, eot_length
 from projects.clip_pseudo.openclip_io import OPENAI_MEAN, OPENAI_STD
@@ -38,6 +38,9 @@ class ClipTaskConfig:
     mean: list[float] = field(default_factory=lambda: list(OPENAI_MEAN))
     std: list[float] = field(default_factory=lambda: list(OPENAI_STD))
     hflip: bool = False  # train: random horizontal flips of image and labels together
+    # train: RandomResizedCrop of image and labels together, area fraction in this range (open_clip's
+    # training transform: [0.9, 1.0]); []: the eval transform (shortest side, centre crop)
+    random_resized_crop: list[float] = field(default_factory=list)
     heads: list[HeadSpec] = field(default_factory=list)  # [] = plain CLIP
     # Zero-shot eval on the val shards' `cls`: class names (empty: the val manifest's producer
     # "classes", if any) and templates (simple / openai: open_clip's ImageNet sets, or a list).
@@ -72,7 +75,8 @@ class SampleTransform:
         img = find_image(sample)
         # the loader seeds python's RNG per batch, so a resumed run replays the same flips
         flip = self.train and cfg.hflip and random.random() < 0.5
-        out = {"image": image_tensor(img, self.image_size, tuple(cfg.mean), tuple(cfg.std), flip),
+        box = random_box(img, tuple(cfg.random_resized_crop)) if self.train and cfg.random_resized_crop else None
+        out = {"image": image_tensor(img, self.image_size, tuple(cfg.mean), tuple(cfg.std), flip, box),
                "text": self.tokenizer([text])[0]}
         if self.keep_caption:
             out["caption"] = text
@@ -82,7 +86,7 @@ class SampleTransform:
                                         if label is not None else -1)
         except ValueError:
             raise SkipSample(f"bad .{cfg.label_key} {label!r} in {sample.get('__key__')}") from None
-        out.update(labels_for(sample, cfg.heads, self.sizes, flip))
+        out.update(labels_for(sample, cfg.heads, self.sizes, flip, box))
         return out
 
 
@@ -258,5 +262,8 @@ def build_clip_task(cfg: ClipTaskConfig, model: torch.nn.Module, context: TaskCo
     if cfg.loss == "siglip" and model.logit_bias is None:
         raise ConfigError("task.loss: siglip needs a logit bias: set model.init_logit_bias (e.g. -10) "
                           "and model.init_logit_scale (e.g. 2.302585, log 10)")
+    crop = cfg.random_resized_crop
+    if crop and not (len(crop) == 2 and 0 < crop[0] <= crop[1] <= 1):
+        raise ConfigError(f"task.random_resized_crop: [min, max] area fractions in (0, 1], got {crop}")
     class_names = list(cfg.class_names) or _manifest_classes(context.val_data)
     return ClipTask(cfg, model, class_names)

@@ -218,3 +218,26 @@ def test_logit_scale_is_bounded_by_the_trainer_not_cut_in_the_forward():
     batch = torch.utils.data.default_collate([fn(_sample(txt=t)) for t in (b"a bag", b"a shoe", b"a coat")])
     task({k: v for k, v in batch.items() if not k.startswith(("label_", "mask_"))})["loss"].backward()
     assert float(task.model.logit_scale.grad.abs().sum()) > 0
+
+
+def test_random_resized_crop_cuts_image_and_labels_alike_and_replays():
+    """open_clip's training crop (area 0.9-1.0 in the paper-scale recipe): one region of the image and
+    of its pseudo-labels, drawn from torch's RNG (which the loader seeds per batch)."""
+    task = build_task(parse_recipe(_recipe(random_resized_crop=[0.3, 0.5])))
+    fn = task.sample_transform(True)
+    torch.manual_seed(0)
+    a = fn(_sample())
+    torch.manual_seed(0)
+    b = fn(_sample())
+    torch.testing.assert_close(a["image"], b["image"])
+    assert torch.equal(a["label_seg"], b["label_seg"])
+    plain = task.sample_transform(False)(_sample())  # eval: the centre fit, no crop
+    assert not torch.equal(a["image"], plain["image"])
+    # the crop is the same region in both: the label marks the image's bright pixels, before and after
+    bright = a["image"].mean(0) > a["image"].mean()
+    seg = torch.nn.functional.interpolate(a["label_seg"][None, None].float(), size=bright.shape, mode="nearest")[0, 0]
+    assert (bright == (seg > 0)).float().mean() > 0.9
+    recipe = load_recipe(ROOT / "projects/clip_pseudo/configs/vit_b16_pseudo.yaml")
+    assert recipe.task.random_resized_crop == [0.9, 1.0]
+    with pytest.raises(ConfigError, match="random_resized_crop"):
+        build_task(parse_recipe(_recipe(random_resized_crop=[0.9])))
