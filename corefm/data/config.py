@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Literal
 
 
 @dataclass
@@ -20,6 +21,10 @@ class DataConfig:
             drawn with probability proportional to weights[i] (open_clip's upsampling factors), so
             equal weights mean uniform over all shards; for a mixture where source i gives a
             fraction p_i of the shards, use weights[i] = p_i / num_shards_i.
+        mix: how `::`-separated sources share a batch. "shards" (default): one stream over all
+            sources' shards (with `weights`, weighted shard draws: a random share of each source per
+            batch). "batch": every batch holds a fixed number of samples of each source, in
+            proportion to `weights` (see corefm.data.mixture); each source streams on its own.
         shuffle_buffer: per-worker sample shuffle buffer size; 0 disables sample shuffling.
         shuffle_shards: permute the shard order each epoch (seeded with seed and epoch).
         seed: seed of all shuffling; with the same seed, ranks and workers the order is identical.
@@ -41,6 +46,7 @@ class DataConfig:
     val: str = ""
     resampled: bool = False
     weights: list[float] = field(default_factory=list)
+    mix: Literal["shards", "batch"] = "shards"
     shuffle_buffer: int = 1000
     shuffle_shards: bool = True
     seed: int = 0

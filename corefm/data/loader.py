@@ -18,6 +18,7 @@ from corefm.data import elastic
 from corefm.data.config import DataConfig
 from corefm.data.errors import DataError, one_line
 from corefm.data.manifest import MANIFEST_NAME, check_shards, load_manifest
+from corefm.data.mixture import MixedLoader, build_mixed_loader
 from corefm.data.stream import CollateFn, MapFn, ShardStream, StreamSpec, seed_int
 from corefm.data.urls import expand_sources, expand_urls, is_local, local_path
 
@@ -222,8 +223,8 @@ def build_loader(
     world_state: list[dict[str, Any]] | None = None,
     drop_last: bool = True,
     pin_memory: bool = False,
-) -> ResumableLoader:
-    """The infinite training loader of one rank.
+) -> ResumableLoader | MixedLoader:
+    """The infinite training loader of one rank (a MixedLoader with ``data.mix: batch``).
 
     Args:
         urls_or_spec: a shard spec (see DataConfig) or a list of patterns/URLs (one source).
@@ -243,6 +244,10 @@ def build_loader(
     """
     _check_common(cfg, rank, world_size, batch_size)
     sources = _sources(urls_or_spec)
+    if cfg.mix == "batch":
+        return build_mixed_loader(build_loader, sources, cfg, rank=rank, world_size=world_size,
+                                  batch_size=batch_size, map_fn=map_fn, collate_fn=collate_fn, state=state,
+                                  world_state=world_state, drop_last=drop_last, pin_memory=pin_memory)
     urls = [url for source in sources for url in source]
     roles = max(1, cfg.num_workers)
     url_weights = None
