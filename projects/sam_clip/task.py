@@ -68,9 +68,11 @@ def _stored_teachers(spec: str) -> dict:
 
 
 class SamClipTask(Task):
-    def __init__(self, cfg: SamClipTaskConfig, model: SamClipModel, data_specs: tuple[str, ...] = ()):
+    def __init__(self, cfg: SamClipTaskConfig, model: SamClipModel, data_specs: tuple[str, ...] = (),
+                 every_branch: bool = False):
         super().__init__(model)
         self.cfg = cfg
+        self.every_branch = every_branch  # ZeRO-3: see branch()
         mcfg = model.cfg
         if cfg.stage == "sam_gt" and cfg.sam_source != "gt":
             raise ConfigError("task.stage sam_gt trains on ground truth: set task.sam_source: gt")
@@ -112,9 +114,11 @@ class SamClipTask(Task):
         self.uses_clip, self.uses_sam = branches(self.cfg)
 
     def external_parameters(self) -> list[torch.nn.Parameter]:
-        """Every trainable parameter: :meth:`_touch` reads them in this module's own forward, outside
-        the forwards of the modules that own them, so ZeRO-3 must gather them for it."""
-        return [p for p in self.model.parameters() if p.requires_grad]
+        """Every parameter: :meth:`_touch` reads the trainable ones in this module's own forward, and
+        SAM's prompt encoder and mask decoder read their submodules' weights (frozen ones too) outside
+        those submodules' forwards, as the batched decoding does (``batched_mask_logits``): ZeRO-3 must
+        gather them all for the task's forward."""
+        return list(self.model.parameters())
 
     def param_lr_scales(self) -> dict[str, float]:
         """{parameter name: lr multiplier}, read by corefm's optimizer builder (param groups)."""
@@ -196,9 +200,9 @@ class SamClipTask(Task):
     def forward(self, batch: dict, mode: str = "train") -> dict[str, torch.Tensor]:
         if mode == "eval":
             return self.eval_sums(batch)
-        zero = batch["sam_image"].new_zeros(0, 1, 1, 1)  # on the batch's device, like everything below
-        clip_s, clip_t = self.clip_outputs(batch) if self.uses_clip and len(batch["clip_image"]) else (zero, zero)
-        sam_l, sam_t = self.sam_outputs(batch) if self.uses_sam and len(batch["sam_image"]) else (zero, zero)
+        clip_s, clip_t, idle_clip = self.branch(batch, "clip")
+        sam_l, sam_t, idle_sam = self.branch(batch, "sam")
+        idle = idle_clip + idle_sam
         if self.cfg.stage == "sam_gt":
             loss = mask_loss(sam_l.flatten(0, 1), sam_t.flatten(0, 1)) if sam_l.numel() \
                 else sam_l.new_zeros((), dtype=torch.float32)
@@ -206,19 +210,52 @@ class SamClipTask(Task):
         else:
             out = distill_loss(clip_s, clip_t, sam_l.flatten(0, 1), sam_t.flatten(0, 1), self.cfg.sam_weight)
             out = {"loss": out["loss"], "loss_clip": out["loss_clip"].detach(), "loss_sam": out["loss_sam"].detach()}
-        out["loss"] = out["loss"] + self._touch(self.model, out["loss"].new_zeros(()))
+        out["loss"] = out["loss"] + 0.0 * idle + self._touch(self.model, out["loss"].new_zeros(()))
         return out
+
+    def branch(self, batch: dict, kind: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(student, target, idle) of the ``kind`` ("clip" or "sam") rows. Without rows of that kind,
+        empty outputs; but under ZeRO-3 (``every_branch``) the branch still runs, at the same place, on
+        one zero row, and ``idle`` is the sum of its output for the loss to take with weight 0: ZeRO-3
+        gathers each module's parameters collectively in its forward and backward, so every rank must
+        run the same modules in the same order (a rank that skipped one would leave the others waiting)."""
+        run = self.clip_outputs if kind == "clip" else self.sam_outputs
+        idle = batch["sam_image"].new_zeros((), dtype=torch.float32)
+        empty = batch["sam_image"].new_zeros(0, 1, 1, 1)  # on the batch's device
+        if not (self.uses_clip if kind == "clip" else self.uses_sam):
+            return empty, empty, idle
+        if len(batch[f"{kind}_image"]):
+            student, target = run(batch)
+            return student, target, idle
+        if self.every_branch:
+            idle = idle + run(self._zero_row(batch, kind))[0].float().sum()
+        return empty, empty, idle
+
+    def _zero_row(self, batch: dict, kind: str) -> dict:
+        """``batch`` with one zero row of ``kind`` (point labels 1) and zero targets, so no teacher runs."""
+        row = {k: v.new_zeros((1, *v.shape[1:])) for k, v in batch.items() if k.startswith(f"{kind}_")}
+        if kind == "sam":
+            row["sam_point_labels"] = torch.ones_like(row["sam_point_labels"])
+            k = self.cfg.prompts
+            row["sam_target"] = row["sam_gt"].new_zeros((1, 2 * k, *row["sam_gt"].shape[-2:]))
+        else:
+            row["clip_target"] = row["clip_image"].new_zeros((1, self.model.cfg.clip_embed_dim))
+        return {**batch, **row}
 
     @torch.no_grad()
     def eval_sums(self, batch: dict, clip_tokens: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """Additive metric sums of a batch; ``clip_tokens``: the backbone's output for its CLIP rows, if known."""
         sums: dict[str, torch.Tensor] = {}
+        if self.every_branch and self.uses_clip and not len(batch["clip_image"]):
+            self.branch(batch, "clip")  # ZeRO-3: the branch's modules run on every rank (see branch)
         if self.uses_clip and len(batch["clip_image"]):
             s, t = self.clip_outputs(batch, clip_tokens)
             sums["clip_cos_sum"] = torch.nn.functional.cosine_similarity(s.float(), t.float(), dim=-1).sum()
             sums["clip_count"] = s.new_full((), len(s), dtype=torch.float32)
             if self.classifier is not None:  # rows without a label count nowhere (a zero count is left out)
                 sums["zs_correct"], sums["zs_count"] = zero_shot_counts(s, self.classifier, batch["clip_label"])
+        if self.every_branch and self.uses_sam and not len(batch["sam_image"]):
+            self.branch(batch, "sam")
         if self.uses_sam and len(batch["sam_image"]):
             logits, target = self.sam_outputs(batch)
             k = self.cfg.prompts
@@ -251,10 +288,4 @@ def gt_per_prompt(batch: dict, k: int) -> torch.Tensor:
 def build_task(cfg: SamClipTaskConfig, model: SamClipModel, context: TaskContext) -> SamClipTask:
     if not isinstance(model, SamClipModel):
         raise ConfigError(f"task sam_clip needs model sam_clip, got {type(model).__name__}")
-    if context.zero_stage == 3 and all(branches(cfg)):
-        # A rank whose batch has no CLIP (or SAM) rows skips that branch, while ZeRO-3 gathers each
-        # module's parameters collectively as it runs: the ranks would wait on each other forever.
-        raise ConfigError(f"task.stage {cfg.stage} trains the CLIP and SAM branches on mixed batches, which "
-                          "deepspeed.zero_stage 3 cannot run (ranks would skip different modules and hang); "
-                          "use zero_stage 1 or 2 (stages probe and sam_gt run at 3)")
-    return SamClipTask(cfg, model, (context.train_data, context.val_data))
+    return SamClipTask(cfg, model, (context.train_data, context.val_data), every_branch=context.zero_stage == 3)

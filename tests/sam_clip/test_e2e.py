@@ -72,11 +72,17 @@ def test_three_stages_on_two_ranks(teacher_data, clip_teacher_dir):
     exported3 = load_file(str(tmp / "probe_zero3/model.safetensors"))
     assert exported3.keys() == exported.keys()
     assert all(torch.equal(exported3[k], v.float()) for k, v in sam.items())
+    # rehearsal: a fixed share of each set in every batch (data.mix: batch, one worker per source)
     distill = _train("fashion_distill.yaml", tmp / "distill", **teachers, **{
-        "model.init_checkpoint": tmp / "probe/model.safetensors", "data.train": mix})
+        "model.init_checkpoint": tmp / "probe/model.safetensors", "data.train": mix, "data.num_workers": 2})
     assert {"clip_cosine", "miou_target_point", "miou_gt_box"} <= set(distill["eval"])
+    # ZeRO-3 runs both branches on every rank (formerly refused); the random mix leaves some batches of
+    # one kind only, where a rank runs that branch on a zero row
+    _train("fashion_distill.yaml", tmp / "distill_zero3", **teachers, **{
+        "model.init_checkpoint": tmp / "probe/model.safetensors", "data.train": mix, "data.mix": "shards",
+        "deepspeed.zero_stage": 3, "train.micro_batch_size": 2})
     _train("fashion_resolution.yaml", tmp / "resolution", **teachers, **{
-        "model.init_checkpoint": tmp / "distill/model.safetensors", "data.train": mix})
+        "model.init_checkpoint": tmp / "distill/model.safetensors", "data.train": mix, "data.num_workers": 2})
 
 
 def test_eval_and_release(teacher_data, fashion_seg):

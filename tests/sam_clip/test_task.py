@@ -88,17 +88,55 @@ def test_recipe_builds_from_preset():
     assert task.model.cfg.img_size == 32 and task.model.cfg.clip_embed_dim == 32
 
 
-def test_zero3_is_refused_where_ranks_would_run_different_branches():
+def test_under_zero3_every_rank_runs_both_branches_in_the_same_order(fashion_seg):
+    """ZeRO-3 gathers parameters collectively per module call, so ranks must call the same modules in
+    the same order whatever their batch holds: a branch without rows runs on one zero row, taken by
+    the loss with weight 0 (same loss, same gradients)."""
     from corefm.train.build import build_task
 
-    def recipe(stage: str, **task):
+    def recipe(zero: int):
         return parse_recipe({"model": {"name": "sam_clip", "preset": "tiny", "clip_embed_dim": 32},
-                             "task": {"name": "sam_clip", "stage": stage, "sam_source": "gt", **task},
-                             "deepspeed": {"zero_stage": 3}})
+                             "task": {"name": "sam_clip", "stage": "distill", "sam_source": "gt",
+                                      "clip_source": "stored"}, "deepspeed": {"zero_stage": zero}})
 
-    with pytest.raises(ConfigError, match="zero_stage 3 cannot run"):
-        build_task(recipe("distill", clip_source="stored"))
-    build_task(recipe("sam_gt", clip_source="none"))  # one branch: every rank runs the same modules
+    task, plain = build_task(recipe(3)), build_task(recipe(1))  # ZeRO-3 is no longer refused
+    assert task.every_branch and not plain.every_branch
+    loader = build_eval_loader(str(fashion_seg / "val"), DataConfig(num_workers=0), rank=0, world_size=1,
+                               batch_size=4, map_fn=task.sample_transform(True), collate_fn=task.collate)
+    sam_only = next(iter(loader))  # these shards hold no stored CLIP targets: SAM rows only
+    assert len(sam_only["clip_image"]) == 0 and len(sam_only["sam_image"]) == 4
+    both = dict(sam_only, clip_image=torch.randn(2, 3, 32, 32), clip_target=torch.randn(2, 32),
+                clip_label=torch.tensor([0, 1]), clip_mask=torch.zeros(2, 32, 32), clip_has_mask=torch.zeros(2))
+    calls: list[str] = []
+    heads = {"clip_head": task.model.clip_head, "mask_decoder": task.model.mask_decoder.transformer}
+    hooks = [m.register_forward_pre_hook(lambda *_, n=n: calls.append(n)) for n, m in heads.items()]
+    order = {}
+    for name, batch in (("both", both), ("sam only", sam_only)):
+        calls.clear()
+        task.zero_grad()
+        task(batch)["loss"].backward()
+        order[name] = list(calls)
+    assert order["both"] == order["sam only"] == ["clip_head", "mask_decoder", "mask_decoder"]
+    # the zero row changes nothing: same loss and gradients as a task that skips the branch
+    plain.load_state_dict(task.state_dict())
+    torch.manual_seed(0)
+    task.zero_grad()
+    a = task(sam_only)
+    a["loss"].backward()
+    torch.manual_seed(0)
+    b = plain(sam_only)
+    b["loss"].backward()
+    torch.testing.assert_close(a["loss"], b["loss"])
+    for (n, p), q in zip(task.named_parameters(), plain.parameters()):
+        if p.grad is not None or q.grad is not None:
+            torch.testing.assert_close(p.grad, q.grad, msg=n)
+    # evaluation too
+    calls.clear()
+    with torch.no_grad():
+        task(sam_only, mode="eval")
+    assert calls == ["clip_head", "mask_decoder", "mask_decoder"]
+    for h in hooks:
+        h.remove()
 
 
 def test_recipes_parse():
