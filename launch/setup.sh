@@ -25,7 +25,10 @@ stamp=.venv/.corefm-installed
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   echo "corefm: installing into .venv (torch, deepspeed, open_clip, transformers, lm-eval; a few minutes)"
   .venv/bin/pip install --quiet --disable-pip-version-check -e '.[dev]' 2>&1 | grep -v "is ignored" || true
-  .venv/bin/python -c "import corefm, torch, deepspeed, open_clip, transformers" \
+  # facenet-pytorch carries MTCNN's trained weights (the mtcnn-face pseudo-label expert); its own pins
+  # ask for torch 2.2 and numpy < 2, so it comes without them and runs on the torch above
+  .venv/bin/pip install --quiet --disable-pip-version-check --no-deps facenet-pytorch==2.6.0
+  .venv/bin/python -c "import corefm, torch, deepspeed, open_clip, transformers, facenet_pytorch" \
     || { echo "corefm: the install failed (see pip's output above)"; exit 1; }
   touch "$stamp"
 fi

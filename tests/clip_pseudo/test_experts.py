@@ -144,3 +144,41 @@ def test_user_experts_load_by_import_and_unfinished_ones_are_refused():
         build_expert("import:tests.clip_pseudo.experts_fixture.Unfinished")
     with pytest.raises(DataError, match="cannot load the expert class"):
         build_expert("import:tests.clip_pseudo.experts_fixture.Missing")
+
+
+def test_mtcnn_face_boxes_through_the_pseudo_label_tool(tmp_path):
+    """A neural expert whose weights ship in an installed package (facenet-pytorch's MTCNN), through
+    `corefm clip pseudo-label`, on real images where it means something: scikit-image's LFW subset
+    (100 face crops, then 100 non-face patches) and the astronaut photo."""
+    from tests.conftest import require_installed
+    import importlib.util
+
+    require_installed(importlib.util.find_spec("facenet_pytorch") is not None, "facenet-pytorch (launch/setup.sh)")
+    import skimage.data as skimage_data
+
+    from projects.clip_pseudo.data.pseudo_label import run as pseudo_label
+
+    faces = skimage_data.lfw_subset()
+    pick = list(range(0, 100, 10)) + list(range(100, 200, 10))  # 10 faces, 10 non-faces
+    with ShardWriter(tmp_path / "in", max_samples_per_shard=10, producer={"name": "test", "version": "1"}) as w:
+        for i in pick:
+            buf = io.BytesIO()
+            Image.fromarray((faces[i] * 255).astype(np.uint8)).save(buf, format="PNG")
+            w.write({"__key__": f"lfw{i:03d}", "png": buf.getvalue(), "txt": "a face" if i < 100 else "a patch"})
+    pseudo_label(tmp_path / "in", tmp_path / "out", "mtcnn-face", workers=1)
+    found = {}
+    for shard in sorted((tmp_path / "out").glob("*.tar")):
+        for s in iter_shard(str(shard)):
+            label = json.loads(s["boxes.json"])
+            found[int(s["__key__"][3:])] = label
+            assert json.loads(s["json"])["pseudo_labels"]["mtcnn-face"]["version"].startswith("facenet-pytorch-2.6.0/mtcnn")
+    hits = {i: bool(label["boxes"]) for i, label in found.items()}
+    assert sum(hits[i] for i in pick[:10]) >= 8 and sum(hits[i] for i in pick[10:]) <= 1
+    for i in pick[:10]:
+        for x0, y0, x1, y1 in found[i]["boxes"]:
+            assert 0 <= x0 < x1 <= 25 and 0 <= y0 < y1 <= 25  # in the 25 x 25 crop's pixels
+    label = build_expert("mtcnn-face")(Image.fromarray(skimage_data.astronaut()))
+    assert len(label["boxes"]) == 1 and label["labels"] == ["face"] and label["scores"][0] > 0.99
+    x0, y0, x1, y1 = label["boxes"][0]
+    assert 150 < (x0 + x1) / 2 < 280 and 40 < (y0 + y1) / 2 < 180  # Eileen Collins' face
+    assert not build_expert("mtcnn-face")(Image.fromarray(skimage_data.coffee()))["boxes"]

@@ -7,6 +7,7 @@ Spec syntax, comma-separated: ``NAME`` or ``NAME:ARG``.
 | ``otsu-seg`` | ``seg.png`` foreground mask | nothing |
 | ``canny[:LOW-HIGH]`` | ``edges.png`` | opencv-python-headless<5 |
 | ``haar-face`` / ``haar:CASCADE`` | ``boxes.json`` | opencv-python-headless<5 (ships the cascades) |
+| ``mtcnn-face[:THRESHOLD]`` | ``boxes.json`` face boxes + scores | facenet-pytorch (ships MTCNN's weights; setup.sh) |
 | ``stereo-depth[:MAXDISP]`` | ``depth.png`` from the image + ``right.png`` | opencv-python-headless<5 |
 | ``hf-seg:PATH_OR_ID`` | ``seg.png`` class map | transformers + a local model folder or the Hub |
 | ``hf-depth:PATH_OR_ID`` | ``depth.png`` relative depth | transformers + a local model folder or the Hub |
@@ -49,6 +50,15 @@ def _haar(arg: str) -> Expert:
     return HaarBoxes(arg or "frontalface_default")
 
 
+def _mtcnn(arg: str) -> Expert:
+    from projects.clip_pseudo.data.experts.neural import MTCNNFaces
+
+    try:
+        return MTCNNFaces(float(arg)) if arg else MTCNNFaces()
+    except ValueError:
+        raise DataError(f"mtcnn-face:{arg}: expected a score threshold, e.g. mtcnn-face:0.9") from None
+
+
 def _stereo(arg: str) -> Expert:
     from projects.clip_pseudo.data.experts.classic import StereoDepth
 
@@ -88,7 +98,7 @@ def _import(arg: str) -> Expert:
 
 
 EXPERTS: dict[str, Callable[[str], Expert]] = {
-    "otsu-seg": _otsu, "canny": _canny, "haar-face": _haar, "haar": _haar,
+    "otsu-seg": _otsu, "canny": _canny, "haar-face": _haar, "haar": _haar, "mtcnn-face": _mtcnn,
     "stereo-depth": _stereo, "hf-seg": _hf_seg, "hf-depth": _hf_depth, "hf-det": _hf_det, "import": _import,
 }
 
