@@ -22,7 +22,7 @@ fi
 PY=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
 stamp=.venv/.corefm-installed
-if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
+if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || [ launch/setup.sh -nt "$stamp" ]; then
   echo "corefm: installing into .venv (torch, deepspeed, open_clip, transformers, lm-eval; a few minutes)"
   .venv/bin/pip install --quiet --disable-pip-version-check -e '.[dev]' 2>&1 | grep -v "is ignored" || true
   # facenet-pytorch carries MTCNN's trained weights (the mtcnn-face pseudo-label expert); its own pins
