@@ -136,3 +136,11 @@ def test_initialisation_follows_corenet():
     for lin in linears:
         assert abs(float(lin.weight.std()) - 0.02) < 0.004 and float(lin.weight.abs().max()) <= 2
         assert lin.bias is None or float(lin.bias.abs().sum()) == 0
+
+
+def test_torch_init_keeps_pytorchs_defaults():
+    torch.manual_seed(0)
+    m = ByteFormer(ByteFormerConfig(dim=64, heads=2, ffn_dim=128, layers=1, window_size=8, kernel_size=4,
+                                    max_bytes=512, merge_after=[], init="torch"))
+    assert abs(float(m.embed.weight[:PAD].std()) - 1.0) < 0.1  # nn.Embedding's N(0, 1)
+    assert float(m.head.bias.abs().sum()) > 0  # nn.Linear's uniform bias

@@ -64,7 +64,7 @@ def test_imagenet_recipe_is_the_papers():
     assert (t.image_size, t.eval_resize, t.random_resized_crop, t.hflip, t.rand_augment, t.random_erase) == \
         (224, 256, True, True, True, 0.25)
     assert t.label_smoothing == 0.1 and t.image_encoding == "tiff"
-    assert (r.model.kernel_size, r.model.window_size) == (32, 128)
+    assert (r.model.kernel_size, r.model.window_size, r.model.init) == (32, 128, "corenet")
 
 
 def test_the_papers_augmentations_replay_under_the_loaders_seeding():
