@@ -107,7 +107,7 @@ def build_mixed_loader(build_one: Callable[..., Any], sources: list[list[str]], 
         source_cfg = replace(cfg, mix="shards", weights=[], seed=cfg.seed * 1_000_003 + i,
                              num_workers=cfg.num_workers // len(sources))
         loaders.append(build_one(urls, source_cfg, rank=rank, world_size=world_size, batch_size=size,
-                                 map_fn=map_fn, collate_fn=as_list, state=(state or {}).get("mix", [None] * len(sources))[i],
+                                 map_fn=map_fn, collate_fn=as_list, state=state["mix"][i] if state else None,
                                  world_state=[s["mix"][i] for s in world_state] if world_state else None,
                                  drop_last=drop_last, pin_memory=False))
     return MixedLoader(loaders, sizes, collate_fn or default_collate, pin_memory)
