@@ -1,6 +1,11 @@
 """The GPU check's speed half: corefm against its peers, side by side in one run, on one GPU.
 
     python benchmarks/gpu/speed.py [--device cuda] [--quick] [--json benchmarks/results/gpu_speed.json]
+        [--sections openelm,clip,loader,compile] [--merge EARLIER.json]
+
+Sections run in the order given and each is saved as it ends (a run stopped by SIGINT keeps the
+finished ones and the rounds of the one in progress); ``--merge`` keeps an earlier file's sections,
+so a second, shorter call can add the ``compile`` rows.
 
 Measured (bf16; each number a median over rounds in which the rivals take turns):
 * OpenELM-270M (the real layer-wise-scaled model, seq 2048) training tokens/s and MFU against
