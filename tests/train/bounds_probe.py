@@ -62,6 +62,9 @@ def main() -> None:
     if torch.distributed.get_rank() == 0:
         with open(sys.argv[1], "w") as f:
             json.dump(out, f)
+    # leave together: a rank whose gloo threads are still up at interpreter exit can abort there
+    torch.distributed.barrier()
+    torch.distributed.destroy_process_group()
 
 
 if __name__ == "__main__":
