@@ -14,6 +14,8 @@ import json
 import sys
 from pathlib import Path
 
+import torch
+
 from corefm.train import checkpoint as ckpt
 from corefm.train.config import load_recipe
 from corefm.train.trainer import Trainer
@@ -41,6 +43,9 @@ def main() -> None:
         (out / "probe.json").write_text(json.dumps({
             "resumed_step": resumed_step, "resumed_lr": resumed_lr, "step": trainer.step, "final_lr": final_lr,
             "loss": trainer.metrics["loss"]}))
+    # leave together: a rank whose gloo threads are still up at interpreter exit can abort there
+    torch.distributed.barrier()
+    torch.distributed.destroy_process_group()
 
 
 if __name__ == "__main__":
