@@ -126,7 +126,7 @@ def test_initialisation_follows_corenet():
     normal, std 0.02, zero bias (CoreNet's ByteFormer recipes: linear_init trunc_normal 0.02)."""
     torch.manual_seed(0)
     m = ByteFormer(ByteFormerConfig(dim=256, heads=4, ffn_dim=1024, layers=2, window_size=8, kernel_size=4,
-                                    max_bytes=4096, merge_after=[0]))
+                                    max_bytes=4096, merge_after=[0])).requires_grad_(False)
     c = 256 ** -0.5
     assert abs(float(m.embed.weight[:PAD].std()) - c) < 0.1 * c and float(m.embed.weight[:PAD].abs().max()) <= 2
     assert float(m.embed.weight[PAD].abs().sum()) == 0
@@ -141,6 +141,6 @@ def test_initialisation_follows_corenet():
 def test_torch_init_keeps_pytorchs_defaults():
     torch.manual_seed(0)
     m = ByteFormer(ByteFormerConfig(dim=64, heads=2, ffn_dim=128, layers=1, window_size=8, kernel_size=4,
-                                    max_bytes=512, merge_after=[], init="torch"))
+                                    max_bytes=512, merge_after=[], init="torch")).requires_grad_(False)
     assert abs(float(m.embed.weight[:PAD].std()) - 1.0) < 0.1  # nn.Embedding's N(0, 1)
     assert float(m.head.bias.abs().sum()) > 0  # nn.Linear's uniform bias
