@@ -24,17 +24,20 @@ def focal_loss(logits: torch.Tensor, target: torch.Tensor, alpha: float = 0.25, 
     return sigmoid_focal_loss(logits.float(), target.float(), alpha=alpha, gamma=gamma, reduction="mean")
 
 
-def mask_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """focal + dice on (N, H, W) logits against 0/1 targets (teacher masks or ground truth)."""
-    return focal_loss(logits, target) + dice_loss(logits, target)
+def mask_loss(logits: torch.Tensor, target: torch.Tensor, focal_weight: float = 1.0,
+              dice_weight: float = 1.0) -> torch.Tensor:
+    """focal_weight x focal + dice_weight x dice on (N, H, W) logits against 0/1 targets (teacher masks
+    or ground truth); SAM itself trained at 20:1."""
+    return focal_weight * focal_loss(logits, target) + dice_weight * dice_loss(logits, target)
 
 
 def distill_loss(clip_student: torch.Tensor, clip_teacher: torch.Tensor, mask_logits: torch.Tensor,
-                 mask_target: torch.Tensor, sam_weight: float = 10.0) -> dict[str, torch.Tensor]:
-    """The paper's loss: (1 - cos) + sam_weight * (focal + dice); empty inputs contribute 0."""
+                 mask_target: torch.Tensor, sam_weight: float = 10.0, focal_weight: float = 1.0,
+                 dice_weight: float = 1.0) -> dict[str, torch.Tensor]:
+    """The paper's loss: (1 - cos) + sam_weight * mask_loss; empty inputs contribute 0."""
     zero = mask_logits.new_zeros(()) if mask_logits.numel() else clip_student.new_zeros(())
     clip = cosine_loss(clip_student, clip_teacher) if clip_student.numel() else zero
-    sam = mask_loss(mask_logits, mask_target) if mask_logits.numel() else zero
+    sam = mask_loss(mask_logits, mask_target, focal_weight, dice_weight) if mask_logits.numel() else zero
     return {"loss": clip + sam_weight * sam, "loss_clip": clip, "loss_sam": sam}
 
 

@@ -39,6 +39,9 @@ class SamClipTaskConfig:
     sam_teacher_config: str = ""  # preset or JSON; default sam_config.json beside the checkpoint
     clip_image_size: int = 0  # student's CLIP input side; 0 = model.img_size
     sam_weight: float = 10.0
+    # focal:dice inside the SAM term; DESIGN.md's reading of the paper is 1:1, SAM's own training 20:1
+    focal_weight: float = 1.0
+    dice_weight: float = 1.0
     backbone_lr_scale: float = 0.1
     sam_head_lr_scale: float = 0.1
     prompts: int = 1  # K point + K box prompts per SAM sample
@@ -204,11 +207,13 @@ class SamClipTask(Task):
         sam_l, sam_t, idle_sam = self.branch(batch, "sam")
         idle = idle_clip + idle_sam
         if self.cfg.stage == "sam_gt":
-            loss = mask_loss(sam_l.flatten(0, 1), sam_t.flatten(0, 1)) if sam_l.numel() \
+            loss = mask_loss(sam_l.flatten(0, 1), sam_t.flatten(0, 1), self.cfg.focal_weight,
+                             self.cfg.dice_weight) if sam_l.numel() \
                 else sam_l.new_zeros((), dtype=torch.float32)
             out = {"loss": loss, "loss_sam": loss.detach()}
         else:
-            out = distill_loss(clip_s, clip_t, sam_l.flatten(0, 1), sam_t.flatten(0, 1), self.cfg.sam_weight)
+            out = distill_loss(clip_s, clip_t, sam_l.flatten(0, 1), sam_t.flatten(0, 1), self.cfg.sam_weight,
+                               self.cfg.focal_weight, self.cfg.dice_weight)
             out = {"loss": out["loss"], "loss_clip": out["loss_clip"].detach(), "loss_sam": out["loss_sam"].detach()}
         out["loss"] = out["loss"] + 0.0 * idle + self._touch(self.model, out["loss"].new_zeros(()))
         return out

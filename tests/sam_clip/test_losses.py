@@ -6,7 +6,7 @@ import math
 
 import torch
 
-from projects.sam_clip.losses import cosine_loss, dice_loss, distill_loss, focal_loss, iou_sums
+from projects.sam_clip.losses import cosine_loss, dice_loss, distill_loss, focal_loss, iou_sums, mask_loss
 
 
 def test_cosine_loss():
@@ -34,6 +34,16 @@ def test_distill_loss_weights_sam_by_ten_and_skips_empty_parts():
     assert math.isclose(float(out["loss"]), 1.0 + 10 * sam, rel_tol=1e-6)
     only_clip = distill_loss(s, t, torch.zeros(0, 4, 4), torch.zeros(0, 4, 4))
     assert float(only_clip["loss"]) == 1.0 and float(only_clip["loss_sam"]) == 0.0
+
+
+def test_focal_dice_ratio_is_a_knob():
+    logits, target = torch.randn(3, 8, 8), (torch.rand(3, 8, 8) > 0.5).float()
+    focal, dice = float(focal_loss(logits, target)), float(dice_loss(logits, target))
+    assert math.isclose(float(mask_loss(logits, target)), focal + dice, rel_tol=1e-6)
+    assert math.isclose(float(mask_loss(logits, target, 20.0, 1.0)), 20 * focal + dice, rel_tol=1e-6)
+    s, t = torch.tensor([[1.0, 0.0]]), torch.tensor([[1.0, 0.0]])
+    out = distill_loss(s, t, logits, target, sam_weight=10.0, focal_weight=20.0, dice_weight=1.0)
+    assert math.isclose(float(out["loss"]), 10 * (20 * focal + dice), rel_tol=1e-5)
 
 
 def test_iou_sums():

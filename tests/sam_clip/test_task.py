@@ -150,6 +150,8 @@ def test_recipes_parse():
         if recipe.task.stage == "distill":
             assert "::" in recipe.data.train and recipe.data.resampled and recipe.task.sam_weight == 10.0
             assert recipe.task.backbone_lr_scale == recipe.task.sam_head_lr_scale == 0.1
+        # focal:dice 1:1 is DESIGN.md's reading of the paper (README says why; SAM's own is 20:1)
+        assert (recipe.task.focal_weight, recipe.task.dice_weight) == (1.0, 1.0)
         if recipe.task.stage == "probe":
             assert recipe.optim.lr == 8e-4
     assert stages == {"fashion_sam_teacher": "sam_gt", "fashion_probe": "probe", "fashion_distill": "distill",
