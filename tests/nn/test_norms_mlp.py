@@ -60,3 +60,30 @@ def test_build_mlp():
     assert isinstance(build_mlp("swiglu", 8, 16, bias=False), SwiGLU)
     with pytest.raises(ValueError, match="swiglu, gelu"):
         build_mlp("relu", 8, 16, bias=False)
+
+
+@pytest.mark.parametrize("momentum", [0.1, None])
+def test_float32_batchnorm_matches_torch_and_takes_bf16_weights(momentum):
+    from corefm.nn.norms import BatchNorm2d
+
+    torch.manual_seed(0)
+    ours, ref = BatchNorm2d(8, momentum=momentum), torch.nn.BatchNorm2d(8, momentum=momentum)
+    with torch.no_grad():
+        ours.weight.normal_()
+        ours.bias.normal_()
+    ref.load_state_dict(ours.state_dict())
+    x = torch.randn(4, 8, 5, 5)
+    for train in (True, True, False):
+        ours.train(train)
+        ref.train(train)
+        torch.testing.assert_close(ours(x), ref(x), atol=1e-5, rtol=1e-5)
+    for k, v in ref.state_dict().items():
+        torch.testing.assert_close(ours.state_dict()[k], v, atol=1e-6, rtol=1e-6)
+    # DeepSpeed's bf16 mode: bf16 weights and input, fp32 running statistics (a plain BatchNorm refuses)
+    ours.weight.data, ours.bias.data = ours.weight.data.bfloat16(), ours.bias.data.bfloat16()
+    ours.train()
+    y = ours(x.bfloat16())
+    assert y.dtype == torch.bfloat16 and ours.running_mean.dtype == torch.float32
+    with pytest.raises(RuntimeError):
+        ref.to(torch.bfloat16).running_mean.data = ref.running_mean.float()
+        ref.train()(x.bfloat16())
