@@ -73,6 +73,8 @@ def _add_eval(sub) -> None:
                                    "(or --data).", epilog=EPILOG)
     p.add_argument("run_dir")
     p.add_argument("--data", default="", help="shards to evaluate on instead of the recipe's data.val")
+    p.add_argument("--weights", choices=("raw", "ema"), default="raw",
+                   help="model.safetensors (raw) or model_ema.safetensors (a run with ema.momentum)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     p.set_defaults(func=cmd_eval)
 
@@ -80,13 +82,15 @@ def _add_eval(sub) -> None:
 def cmd_eval(args: argparse.Namespace) -> int:
     from corefm.train.evaluate import evaluate_run
 
-    metrics = evaluate_run(Path(args.run_dir), args.data, args.overrides)
+    metrics = evaluate_run(Path(args.run_dir), args.data, args.overrides, args.weights)
     print(json.dumps(metrics, indent=2))
     return 0
 
 
 def _add_export(sub) -> None:
     p = sub.add_parser("export", help="consolidate the latest checkpoint into fp32 model.safetensors",
+                       description="Write RUN_DIR/model.safetensors from the latest checkpoint, and "
+                                   "RUN_DIR/model_ema.safetensors beside it when the run keeps a weight EMA.",
                        epilog=EPILOG)
     p.add_argument("run_dir")
     p.add_argument("--out", default="", help="output file (default RUN_DIR/model.safetensors)")
@@ -96,7 +100,8 @@ def _add_export(sub) -> None:
 def cmd_export(args: argparse.Namespace) -> int:
     from corefm.train.evaluate import export_run
 
-    print(export_run(Path(args.run_dir), Path(args.out) if args.out else None))
+    for path in export_run(Path(args.run_dir), Path(args.out) if args.out else None):
+        print(path)
     return 0
 
 
@@ -109,13 +114,15 @@ def _add_release(sub) -> None:
     p.add_argument("--out", required=True, help="release folder to write")
     p.add_argument("--push", default="", metavar="ORG/NAME", help="upload to this Hub repository")
     p.add_argument("--private", action="store_true", help="create the Hub repository as private")
+    p.add_argument("--weights", choices=("raw", "ema"), default="raw",
+                   help="release the trained weights (raw) or their EMA (a run with ema.momentum)")
     p.set_defaults(func=cmd_release)
 
 
 def cmd_release(args: argparse.Namespace) -> int:
     from corefm.hub.release import release
 
-    release(Path(args.run_dir), Path(args.out), args.push, args.private)
+    release(Path(args.run_dir), Path(args.out), args.push, args.private, args.weights)
     return 0
 
 

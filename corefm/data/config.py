@@ -40,6 +40,11 @@ class DataConfig:
         verify_checksums: with a manifest, each worker checks a local shard's sha256 against it the
             first time it opens that shard in a run (one extra read of the file, which the page
             cache then serves to the reader); a mismatch counts as an unreadable shard.
+        scales: image sides for variable-batch multi-scale training (corefm.data.multiscale): each
+            step takes one side, the same on every rank, and micro_batch_size * (scale_base / side)^2
+            samples per micro-batch; [] trains at the task's own size.
+        scale_base: the side at which train.micro_batch_size holds (required with scales).
+        scale_key: the batch entry the loader resizes, float images (B, C, H, W).
     """
 
     train: str = ""
@@ -54,3 +59,6 @@ class DataConfig:
     max_skip_fraction: float = 0.05
     check_manifest: bool = True
     verify_checksums: bool = True
+    scales: list[int] = field(default_factory=list)
+    scale_base: int = 0
+    scale_key: str = "image"

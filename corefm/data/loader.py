@@ -19,6 +19,7 @@ from corefm.data.config import DataConfig
 from corefm.data.errors import DataError, one_line
 from corefm.data.manifest import MANIFEST_NAME, check_shards, load_manifest
 from corefm.data.mixture import MixedLoader, build_mixed_loader
+from corefm.data.multiscale import ScalePlan
 from corefm.data.stream import CollateFn, MapFn, ShardStream, StreamSpec, seed_int
 from corefm.data.urls import expand_sources, expand_urls, is_local, local_path
 
@@ -140,6 +141,7 @@ class ResumableLoader:
             self._base = self.stats()
             self._counters.clear()
             self.stream.rotation = self.batches % self.stream.spec.roles
+            self.stream.first_batch = self.batches
             self.stream.start = [(e, o) for e, o in self.positions]
             seed = seed_int("corefm-loader", self.fingerprint["seed"], self.fingerprint["rank"])
             self._iter = iter(_dataloader(self.stream, self.num_workers, self.pin_memory, seed))
@@ -223,6 +225,7 @@ def build_loader(
     world_state: list[dict[str, Any]] | None = None,
     drop_last: bool = True,
     pin_memory: bool = False,
+    batches_per_step: int = 1,
 ) -> ResumableLoader | MixedLoader:
     """The infinite training loader of one rank (a MixedLoader with ``data.mix: batch``).
 
@@ -241,9 +244,17 @@ def build_loader(
             another size (ranks x workers): the position is remapped so that the epoch in progress
             goes on without repeating or skipping a sample (see corefm.data.elastic);
             `loader.remapped` then says what was done.
+        batches_per_step: consecutive batches that share an image side under ``data.scales``
+            (the trainer's grad_accum; see corefm.data.multiscale).
     """
     _check_common(cfg, rank, world_size, batch_size)
     sources = _sources(urls_or_spec)
+    plan = None
+    if cfg.scales:
+        if cfg.mix == "batch":
+            raise DataError("data.scales cannot be combined with data.mix: batch (each source would need "
+                            "its own share of a batch whose size changes every step)")
+        plan = ScalePlan(tuple(cfg.scales), cfg.scale_base, batch_size, batches_per_step, cfg.seed, cfg.scale_key)
     if cfg.mix == "batch":
         return build_mixed_loader(build_loader, sources, cfg, rank=rank, world_size=world_size,
                                   batch_size=batch_size, map_fn=map_fn, collate_fn=collate_fn, state=state,
@@ -271,7 +282,7 @@ def build_loader(
         batch_size=batch_size, seed=cfg.seed, resampled=cfg.resampled, url_weights=url_weights,
         shuffle_shards=cfg.shuffle_shards, shuffle_buffer=cfg.shuffle_buffer, drop_last=drop_last,
         epochs=None, max_skip_fraction=cfg.max_skip_fraction, expected_samples=counts,
-        expected_sha256=sha256 if cfg.verify_checksums else None,
+        expected_sha256=sha256 if cfg.verify_checksums else None, scales=plan,
     )
     fingerprint = {
         "rank": rank, "world_size": world_size, "num_workers": cfg.num_workers,
@@ -280,6 +291,7 @@ def build_loader(
         "shuffle_buffer": cfg.shuffle_buffer, "drop_last": drop_last, "num_shards": len(urls),
         # shard names, not paths, so a data set moved to another directory still resumes
         "shards": hashlib.sha1("\n".join(os.path.basename(u) for u in urls).encode()).hexdigest()[:16],
+        **(plan.fingerprint() if plan else {}),
     }
     remapped = None
     if world_state:
@@ -292,7 +304,7 @@ def build_loader(
         history = (state or {}).get("history")
         consumed = elastic.consumed_by(history, spec) if history else {}
     stream = ShardStream(spec, map_fn, collate_fn or default_collate, rotation=batches % roles, start=start,
-                         consumed=consumed)
+                         consumed=consumed, first_batch=batches)
     num_samples = sum(counts.values()) if counts and len(counts) == len(urls) else None
     loader = ResumableLoader(stream, cfg.num_workers, batches, fingerprint, pin_memory, num_samples, history)
     loader.remapped = remapped.describe() if remapped else ""

@@ -14,6 +14,10 @@ of epoch e as raw bytes (no decode, no map_fn) through the same shuffle buffer, 
 after o comes out exactly as before. The global python/numpy/torch RNGs are re-seeded before each
 batch's map_fn calls from (seed, e, r, w, batch start), so random augmentations replay too.
 
+With a :class:`corefm.data.multiscale.ScalePlan` (``data.scales``) the n-th batch of a rank takes the
+plan's side and batch size for n: worker i, started when the rank had delivered n0 batches, yields
+rank batches n0 + i, n0 + i + W, ... (the in-order DataLoader takes worker 0's first), so it knows n.
+
 After a resume at another world size (see :mod:`corefm.data.elastic`) a stream also carries, per
 epoch, the samples the earlier world already consumed: whole shards are not opened, single samples
 are dropped before the shuffle buffer (so replay stays exact), and the epoch may give no batch.
@@ -32,7 +36,7 @@ import os
 import random
 from dataclasses import dataclass, field
 from itertools import islice
-from typing import Any, Callable, Iterable, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator
 
 import numpy as np
 import torch
@@ -43,6 +47,9 @@ from corefm.errors import CorefmError
 from corefm.data.manifest import sha256_file
 from corefm.data.shards import READ_ERRORS, ShardReadError, iter_shard
 from corefm.data.urls import local_path
+
+if TYPE_CHECKING:
+    from corefm.data.multiscale import ScalePlan
 
 log = logging.getLogger("corefm.data")
 
@@ -166,6 +173,7 @@ class StreamSpec:
     max_skip_fraction: float = 0.05
     expected_samples: dict[str, int] | None = None
     expected_sha256: dict[str, str] | None = None  # url -> sha256, checked when first opened
+    scales: "ScalePlan | None" = None  # variable-batch multi-scale sampling (batch_size is then the plan's)
 
     @property
     def roles(self) -> int:
@@ -196,6 +204,8 @@ class ShardStream(IterableDataset):
         collate_fn: list of samples -> batch.
         rotation: DataLoader worker i plays role (i + rotation) % roles (resume after n batches
             uses rotation n % roles, since the in-order DataLoader takes worker 0's batch first).
+        first_batch: the rank batches delivered before these workers started (the multi-scale plan
+            is indexed by rank batch).
         start: per role (epoch, offset) to resume from; default (0, 0) for all.
         consumed: epoch -> samples to leave out of that epoch (a resume at another world size).
     """
@@ -208,10 +218,12 @@ class ShardStream(IterableDataset):
         rotation: int = 0,
         start: list[tuple[int, int]] | None = None,
         consumed: dict[int, Consumed] | None = None,
+        first_batch: int = 0,
     ) -> None:
         super().__init__()
         self.spec, self.map_fn, self.collate_fn = spec, map_fn, collate_fn
         self.rotation = rotation
+        self.first_batch = first_batch
         self.start = start or [(0, 0)] * spec.roles
         self.consumed = consumed or {}
         self._verified: set[str] = set()  # shards whose sha256 this process has checked
@@ -224,7 +236,7 @@ class ShardStream(IterableDataset):
         role = (worker + self.rotation) % self.spec.roles
         epoch, offset = self.start[role]
         try:
-            yield from self._role_batches(role, epoch, offset, restore_rngs=info is None)
+            yield from self._role_batches(role, epoch, offset, restore_rngs=info is None, worker=worker)
         except DataError as err:
             yield None, {"role": role, "error": str(err)}
 
@@ -267,11 +279,13 @@ class ShardStream(IterableDataset):
         self._verified.add(url)
 
     def _role_batches(
-        self, role: int, start_epoch: int, start_offset: int, restore_rngs: bool
+        self, role: int, start_epoch: int, start_offset: int, restore_rngs: bool, worker: int = 0
     ) -> Iterator[tuple[Any, dict[str, Any]]]:
         spec = self.spec
         counters = _Counters()
         epoch = start_epoch
+        n = self.first_batch + worker  # the rank batch this worker yields next
+        side, size = self._plan(n)
         while spec.epochs is None or epoch < spec.epochs:
             shards = spec.epoch_shards(epoch, role)
             samples = self._epoch_samples(epoch, role, shards, counters)
@@ -282,11 +296,14 @@ class ShardStream(IterableDataset):
             while True:
                 seed = seed_int("corefm-map", spec.seed, epoch, spec.rank, role, consumed)
                 with _SeededGlobalRngs(seed, restore_rngs):
-                    batch, consumed, done = self._fill(samples, consumed, counters, role)
-                if len(batch) == spec.batch_size or (batch and not spec.drop_last):
+                    batch, consumed, done = self._fill(samples, consumed, counters, role, size)
+                if len(batch) == size or (batch and not spec.drop_last):
                     position = {"role": role, "epoch": epoch, "offset": consumed, **vars(counters)}
-                    yield self.collate_fn(batch), position
+                    collated = self.collate_fn(batch)
+                    yield (collated if side is None else spec.scales.resize(collated, side)), position
                     batches += 1
+                    n += spec.roles
+                    side, size = self._plan(n)
                 if done:
                     break
             if batches == 0 and skip == 0 and spec.epochs is None and epoch not in self.consumed:
@@ -301,6 +318,14 @@ class ShardStream(IterableDataset):
                 )
             epoch += 1
 
+    def _plan(self, n: int) -> tuple[int | None, int]:
+        """(image side or None, batch size) of rank batch ``n``."""
+        plan = self.spec.scales
+        if plan is None:
+            return None, self.spec.batch_size
+        side = plan.side(n)
+        return side, plan.batch_size(side)
+
     def _epoch_samples(self, epoch: int, role: int, shards: list[str], counters: _Counters) -> Iterator[dict[str, Any]]:
         """Raw samples of one role's epoch, in the order they leave the shuffle buffer."""
         spec = self.spec
@@ -314,11 +339,11 @@ class ShardStream(IterableDataset):
         return Consumed(samples={(shard_name(x["__url__"]), x["__key__"]) for x in islice(samples, offset)})
 
     def _fill(
-        self, samples: Iterator[dict[str, Any]], consumed: int, counters: _Counters, role: int
+        self, samples: Iterator[dict[str, Any]], consumed: int, counters: _Counters, role: int, size: int
     ) -> tuple[list[Any], int, bool]:
-        """Map samples until a batch is full; returns (batch, consumed, epoch_exhausted)."""
+        """Map samples until a batch of ``size`` is full; returns (batch, consumed, epoch_exhausted)."""
         batch: list[Any] = []
-        size, map_fn = self.spec.batch_size, self.map_fn
+        map_fn = self.map_fn
         for raw in samples:
             consumed += 1
             counters.mapped_samples += 1

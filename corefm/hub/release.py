@@ -5,16 +5,19 @@ The generic release holds ``model.safetensors`` (fp32, names as the model's stat
 builder), ``recipe.json`` and a generated ``README.md`` model card. Projects whose users expect
 another layout (OpenELM for ``transformers``, CLIP for ``open_clip``) register their own writer
 with :func:`register_release` in the module their ``corefm.releases`` entry point names (see
-:mod:`corefm.registry`); a model that declares none gets the generic writer.
+:mod:`corefm.registry`); a model that declares none gets the generic writer. ``--weights ema``
+releases a run's weight EMA through the same writer (:func:`ema_view`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
+import tempfile
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 from corefm.errors import CheckpointError, ConfigError, CorefmError
 from corefm.registry import MODELS, declared, import_declared
@@ -106,11 +109,43 @@ def write_generic(run_dir: Path, out_dir: Path, recipe: dict, title: str = "", e
     return [out_dir / n for n in ("model.safetensors", "config.json", "recipe.json", "README.md")]
 
 
-def release(run_dir: Path, out_dir: Path, push: str = "", private: bool = False) -> list[Path]:
-    """Write the release folder; with ``push="org/name"`` upload it, else print a dry run."""
+@contextlib.contextmanager
+def ema_view(run_dir: Path) -> Iterator[Path]:
+    """A folder that reads as ``run_dir`` with its weight EMA as ``model.safetensors`` and the EMA's
+    held-out metrics as ``final.json``'s eval, so every project's release writer releases the EMA
+    unchanged. Everything else is linked, not copied."""
+    ema = run_dir / "model_ema.safetensors"
+    if not ema.is_file():
+        raise CheckpointError(f"{ema} is missing: the run had no ema.momentum (or export it with "
+                              f"`corefm export {run_dir}`)")
+    final = json.loads((run_dir / "final.json").read_text())
+    evals = final.get("eval") or {}
+    final["eval"] = {k[len("ema_"):]: v for k, v in evals.items() if k.startswith("ema_")}
+    final["weights"] = "ema"
+    with tempfile.TemporaryDirectory(prefix="corefm-ema-") as tmp:
+        view = Path(tmp) / run_dir.name
+        view.mkdir()
+        for entry in run_dir.resolve().iterdir():
+            if entry.name not in ("model.safetensors", "final.json", "model_ema.safetensors"):
+                (view / entry.name).symlink_to(entry)
+        (view / "model.safetensors").symlink_to(ema.resolve())
+        (view / "final.json").write_text(json.dumps(final, indent=2))
+        yield view
+
+
+def release(run_dir: Path, out_dir: Path, push: str = "", private: bool = False,
+            weights: str = "raw") -> list[Path]:
+    """Write the release folder; with ``push="org/name"`` upload it, else print a dry run.
+    ``weights="ema"`` releases the run's weight EMA (``model_ema.safetensors``) instead."""
     recipe, _ = read_run(run_dir)
     writer = writer_for(recipe["model"]["name"])
-    files = writer(run_dir, out_dir, recipe)
+    if weights == "ema":
+        with ema_view(run_dir) as view:
+            files = writer(view, out_dir, recipe)
+    elif weights == "raw":
+        files = writer(run_dir, out_dir, recipe)
+    else:
+        raise ConfigError(f"release: weights must be 'raw' or 'ema', got {weights!r}")
     if push:
         token = os.environ.get("HF_TOKEN") or os.environ.get("HUGGING_FACE_HUB_TOKEN")
         if not token:

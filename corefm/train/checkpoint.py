@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.distributed as dist
+from safetensors.torch import save_file
 
 from corefm.data.errors import one_line
 from corefm.errors import CheckpointError
@@ -91,8 +92,12 @@ def clean_partial(ckpt_root: Path) -> None:
 
 
 def save(engine, ckpt_root: Path, step: int, rank_state: dict[str, Any], meta: dict[str, Any],
-         keep_last: int, device: torch.device | None = None) -> Path:
-    """Collective: every rank calls this. Returns the final checkpoint folder."""
+         keep_last: int, device: torch.device | None = None,
+         tensors: dict[str, dict[str, torch.Tensor]] | None = None) -> Path:
+    """Collective: every rank calls this. Returns the final checkpoint folder.
+
+    ``tensors``: file name -> state dict, written by rank 0 as safetensors into the checkpoint (the
+    weight EMA's ``ema.safetensors``)."""
     rank = dist.get_rank() if dist.is_initialized() else 0
     name = f"step_{step:08d}"
     final, tmp = ckpt_root / name, ckpt_root / f".tmp-{name}"
@@ -105,6 +110,8 @@ def save(engine, ckpt_root: Path, step: int, rank_state: dict[str, Any], meta: d
         torch.save({**rank_state, "rng": rng_state(device)}, tmp / f"rank_{rank:05d}.pt")
         _barrier()
         if rank == 0:
+            for file_name, state in (tensors or {}).items():
+                save_file(untied(state), str(tmp / file_name))
             write_text_atomic(tmp / "meta.json", json.dumps(meta, indent=2))
             # DeepSpeed's own tools (the zero_to_fp32.py it copies here, run as `python zero_to_fp32.py
             # . OUT`) find the tag folder through this file
@@ -127,6 +134,18 @@ def save(engine, ckpt_root: Path, step: int, rank_state: dict[str, Any], meta: d
             shutil.rmtree(old, ignore_errors=True)
     _barrier()
     return final
+
+
+def untied(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """safetensors refuses tensors that share storage (tied weights): each name gets its own copy."""
+    seen: set[int] = set()
+    out = {}
+    for k, v in state.items():
+        v = v.detach().contiguous()
+        ptr = v.untyped_storage().data_ptr()
+        out[k] = v.clone() if ptr in seen else v
+        seen.add(ptr)
+    return out
 
 
 def _damaged(path: Path) -> str:

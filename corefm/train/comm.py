@@ -43,6 +43,18 @@ class Comm:
             dist.all_reduce(tensor)
         return tensor
 
+    def average_buffers_(self, module: torch.nn.Module) -> None:
+        """Average ``module``'s floating-point buffers over ranks, in place (BatchNorm's running
+        statistics). DeepSpeed, unlike DDP, never syncs buffers, so each rank's statistics follow its
+        own batches; averaged before every evaluation and checkpoint, the evaluated, saved and exported
+        statistics are one set, and a resumed run starts from the same one on every rank."""
+        if not self.active or self.world == 1:
+            return
+        for buf in module.buffers():
+            if buf.is_floating_point():
+                total = self.sum_(buf.detach().to(self.device, torch.float32))
+                buf.copy_(total / self.world)
+
     def host_sum(self, values: list[float]) -> list[float]:
         """Sum a few host floats over ranks (float64, through the gloo group)."""
         t = torch.tensor(values, dtype=torch.float64)

@@ -112,6 +112,15 @@ class EvalConfig:
 
 
 @dataclass
+class EmaConfig:
+    """Weight EMA (corefm.train.ema): 0 = off; else the newest step's weight, CoreNet's momentum
+    (1e-4 averages over ~10k steps). The EMA is evaluated beside the raw weights and exported as
+    ``model_ema.safetensors``."""
+
+    momentum: float = 0.0
+
+
+@dataclass
 class Recipe:
     model: Any
     task: Any
@@ -123,6 +132,7 @@ class Recipe:
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     log: LogConfig = field(default_factory=LogConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    ema: EmaConfig = field(default_factory=EmaConfig)
     run_dir: str = "runs/default"
     # Set from model.name / task.name and the model section's runtime keys when the recipe is parsed.
     model_name: str = field(default="", init=False)

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
 import torch
 from safetensors.torch import load_file
@@ -47,7 +48,8 @@ def eval_sums(forward: Callable[..., dict], task, recipe: Recipe, dtype: torch.d
     sums: dict[str, torch.Tensor] = {}
     it, spare, n, limit = iter(loader), None, 0, recipe.eval.max_batches
     forward.eval()
-    with torch.no_grad():
+    # closing the pass stops its workers even when a forward raises (see corefm.train.trainer.train)
+    with torch.no_grad(), contextlib.closing(it) if hasattr(it, "close") else contextlib.nullcontext():
         while True:
             batch = next(it, None) if not limit or n < limit else None
             # Every rank runs the same number of forwards (ZeRO-3 gathers parameters collectively);
@@ -68,8 +70,9 @@ def eval_sums(forward: Callable[..., dict], task, recipe: Recipe, dtype: torch.d
     return sums
 
 
-def load_run(run_dir: Path, overrides: list[str] | None = None) -> tuple[Recipe, torch.nn.Module]:
-    """The run's recipe and its task with ``model.safetensors`` loaded (single process, fp32)."""
+def load_run(run_dir: Path, overrides: list[str] | None = None, weights: str = "raw") -> tuple[Recipe, torch.nn.Module]:
+    """The run's recipe and its task with ``model.safetensors`` (``weights="ema"``:
+    ``model_ema.safetensors``) loaded (single process, fp32)."""
     from corefm.train.build import build_task
 
     recipe_file = run_dir / "recipe.json"
@@ -78,31 +81,41 @@ def load_run(run_dir: Path, overrides: list[str] | None = None) -> tuple[Recipe,
     raw = json.loads(recipe_file.read_text())
     recipe = parse_recipe(apply_overrides(raw, overrides or []))
     task = build_task(recipe)
-    weights = run_dir / "model.safetensors"
-    if not weights.is_file():
-        raise CheckpointError(f"{weights} is missing: run `corefm export {run_dir}` first")
-    missing, unexpected = task.model.load_state_dict(load_file(str(weights)), strict=False)
+    if weights not in ("raw", "ema"):
+        raise ConfigError(f"weights must be 'raw' or 'ema', got {weights!r}")
+    path = run_dir / ("model_ema.safetensors" if weights == "ema" else "model.safetensors")
+    if not path.is_file():
+        raise CheckpointError(f"{path} is missing: run `corefm export {run_dir}` first"
+                              + (" (in a run with ema.momentum set)" if weights == "ema" else ""))
+    missing, unexpected = task.model.load_state_dict(load_file(str(path)), strict=False)
     if missing or unexpected:
-        raise CheckpointError(f"{weights} does not match the recipe's model: missing {missing[:5]}, "
+        raise CheckpointError(f"{path} does not match the recipe's model: missing {missing[:5]}, "
                               f"unexpected {unexpected[:5]}")
     return recipe, task
 
 
-def evaluate_run(run_dir: Path, data: str = "", overrides: list[str] | None = None) -> dict[str, float]:
-    recipe, task = load_run(run_dir, overrides)
+def evaluate_run(run_dir: Path, data: str = "", overrides: list[str] | None = None,
+                 weights: str = "raw") -> dict[str, float]:
+    recipe, task = load_run(run_dir, overrides, weights)
     if not (data or recipe.data.val):
         raise ConfigError("no evaluation data: the recipe has no data.val; pass --data SHARDS")
     return evaluate(task, task, recipe, torch.float32, data)
 
 
-def export_run(run_dir: Path, out: Path | None = None) -> Path:
-    """Consolidate the run's latest checkpoint into ``model.safetensors``."""
+def export_run(run_dir: Path, out: Path | None = None) -> list[Path]:
+    """Consolidate the run's latest checkpoint into ``model.safetensors`` (or ``out``), and its weight
+    EMA, where it keeps one, into ``model_ema.safetensors`` beside it. Returns the files written."""
     from corefm.train.checkpoint import latest_checkpoint, read_meta
-    from corefm.train.export import export_checkpoint
+    from corefm.train.ema import FILE
+    from corefm.train.export import export_checkpoint, export_ema
     from corefm.train.build import build_task
 
     last = latest_checkpoint(run_dir / "checkpoints")
     if last is None:
         raise CheckpointError(f"{run_dir / 'checkpoints'} has no complete checkpoint")
     recipe = parse_recipe(read_meta(last)["recipe"])
-    return export_checkpoint(last, build_task(recipe), out or run_dir / "model.safetensors")
+    task = build_task(recipe)
+    model = export_checkpoint(last, task, out or run_dir / "model.safetensors")
+    if not (last / FILE).is_file():
+        return [model]
+    return [model, export_ema(last, task, model.with_name(model.stem + "_ema" + model.suffix))]

@@ -11,7 +11,7 @@ import torch
 from safetensors.torch import save_file
 
 from corefm.errors import CheckpointError
-from corefm.train.checkpoint import TAG
+from corefm.train.checkpoint import TAG, untied
 
 
 def fp32_state_dict(ckpt_dir: Path) -> dict[str, torch.Tensor]:
@@ -43,15 +43,8 @@ def fp32_state_dict(ckpt_dir: Path) -> dict[str, torch.Tensor]:
 
 def save_safetensors_atomic(state: dict[str, torch.Tensor], path: Path, metadata: dict[str, str] | None = None) -> Path:
     """Write via a temporary file and rename; tied tensors are cloned (safetensors refuses shared storage)."""
-    seen: set[int] = set()
-    out = {}
-    for k, v in state.items():
-        v = v.detach().contiguous()
-        ptr = v.untyped_storage().data_ptr()
-        out[k] = v.clone() if ptr in seen else v
-        seen.add(ptr)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    save_file(out, str(tmp), metadata=metadata or {})
+    save_file(untied(state), str(tmp), metadata=metadata or {})
     os.replace(tmp, path)
     return path
 
@@ -60,3 +53,17 @@ def export_checkpoint(ckpt_dir: Path, task: torch.nn.Module, out: Path | None = 
     """Write ``<ckpt_dir>/model.safetensors`` (model weights, names from ``task.export_state_dict``)."""
     state = task.export_state_dict(fp32_state_dict(ckpt_dir))
     return save_safetensors_atomic(state, out or ckpt_dir / "model.safetensors", {"format": "pt"})
+
+
+def export_ema(ckpt_dir: Path, task: torch.nn.Module, out: Path | None = None) -> Path:
+    """Write the checkpoint's weight EMA (``ema.safetensors``, see corefm.train.ema) as model weights,
+    named as ``model.safetensors`` is (``<ckpt_dir>/model_ema.safetensors`` by default)."""
+    from safetensors.torch import load_file
+
+    from corefm.train.ema import FILE
+
+    source = ckpt_dir / FILE
+    if not source.is_file():
+        raise CheckpointError(f"{ckpt_dir} holds no weight EMA ({FILE}): the run had no ema.momentum")
+    state = task.export_state_dict({k: v.float() for k, v in load_file(str(source)).items()})
+    return save_safetensors_atomic(state, out or ckpt_dir / "model_ema.safetensors", {"format": "pt", "weights": "ema"})

@@ -45,6 +45,7 @@ RULES: list[tuple[str, Callable[[Any], bool], str]] = [
     ("data.num_workers", _int_at_least(0), "at least 0"),
     ("data.shuffle_buffer", _int_at_least(0), "at least 0"),
     ("data.max_skip_fraction", _finite(0.0, hi=1.0), "in [0, 1]"),
+    ("ema.momentum", _finite(0.0, hi=1.0, hi_open=True), "in [0, 1) (0: no EMA)"),
 ]
 
 

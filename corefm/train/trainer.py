@@ -33,6 +33,7 @@ from corefm.train.build import build_task, compute_dtype, register_external_para
 from corefm.train.comm import Comm
 from corefm.train.config import Recipe, parse_recipe, recipe_to_dict
 from corefm.train.ds_config import build_ds_config
+from corefm.train.ema import FILE as EMA_FILE, WeightEma
 from corefm.train.evaluate import evaluate
 from corefm.train.grad_cache import cached_micro_steps
 from corefm.train.meters import Throughput, cluster_peak, count_flops
@@ -125,6 +126,8 @@ class Trainer:
         self.metrics: dict[str, Any] = {}
         self.last_loss: float | None = None
         self.resumed_metrics: dict[str, Any] = {}  # the training metrics the resumed checkpoint recorded
+        self.ema: WeightEma | None = None
+        self.micro_samples = self.cfg.micro_batch_size
 
     # --- set-up and resume -------------------------------------------------------------------
     @classmethod
@@ -166,7 +169,7 @@ class Trainer:
         loader = build_loader(recipe.data.train, recipe.data, rank=comm.rank, world_size=comm.world,
                               batch_size=cfg.micro_batch_size, map_fn=task.sample_transform(True),
                               collate_fn=task.collate, state=data_state, world_state=world_state,
-                              pin_memory=placement.pin_memory)
+                              pin_memory=placement.pin_memory, batches_per_step=cfg.grad_accum)
         config_dict = recipe_to_dict(recipe)
         monitor = Monitor(recipe.log, run_dir, cfg.max_steps, step, config_dict, enabled=comm.rank == 0)
         if comm.rank == 0:
@@ -190,6 +193,15 @@ class Trainer:
         trainer = cls(recipe, placement, comm, task, engine, optimizer, scheduler, loader, monitor, meter, step,
                       optimizer_device, stop)
         trainer.resumed_metrics = meta.get("train_metrics") or _recorded_losses(run_dir)
+        if recipe.ema.momentum:
+            trainer.ema = WeightEma(task, recipe.ema.momentum)  # starts from the (restored) weights
+            if last is not None:
+                trainer.ema.load(last)
+            left = (1 - recipe.ema.momentum) ** cfg.max_steps
+            if left > 0.01 and comm.rank == 0:  # no warm-up, as CoreNet's: the start stays in the average
+                monitor.print(f"corefm: warning: ema.momentum {recipe.ema.momentum:g} over {cfg.max_steps} steps "
+                              f"leaves {left:.0%} of the initial weights (and BatchNorm statistics) in the EMA; "
+                              "raise it for a run this short")
         if last is not None and state.get("flops_per_micro"):
             trainer.start_counted(state["flops_per_micro"])
         return trainer
@@ -200,7 +212,7 @@ class Trainer:
         recipe = self.recipe
         self.stop = self.stop or StopFlag()
         if self.stop_requested():  # during start-up: nothing was trained, so nothing new to save
-            return self.interrupted(f"corefm: stopped by signal before the first step; "
+            return self.interrupted("corefm: stopped by signal before the first step; "
                                     + (f"the latest checkpoint is step {self.step}" if self.step else "nothing to save"))
         while self.step < self.cfg.max_steps:
             self.train_step()
@@ -237,15 +249,22 @@ class Trainer:
         samples of a batch gets the whole step's micro-batches at once, through gradient caching."""
         k = self.cfg.grad_accum
         if k > 1 and self.task.couples_samples:
-            batches = [self.placement.move(next(self.batches), self.dtype) for _ in range(k)]
+            batches = [self.placement.move(self.next_batch(), self.dtype) for _ in range(k)]
             cached_micro_steps(self.forward, self.task.coupled_loss, batches, self.engine.backward,
                                self.after_backward)
         else:
             for micro in range(k):
-                out = self.forward(self.placement.move(next(self.batches), self.dtype))
+                out = self.forward(self.placement.move(self.next_batch(), self.dtype))
                 self.engine.backward(out["loss"])
                 self.after_backward(micro, out)
         self.scheduler.step()
+
+    def next_batch(self) -> Any:
+        """The next micro-batch, noting its sample count: with ``data.scales`` it changes step to step
+        (the same on every rank), and samples/s must count what was trained."""
+        batch = next(self.batches)
+        self.micro_samples = batch_samples(batch, self.cfg.micro_batch_size)
+        return batch
 
     def after_backward(self, micro: int, out: dict[str, torch.Tensor]) -> None:
         """Log a micro-batch's outputs, note its loss for the non-finite check, and step the engine
@@ -257,7 +276,9 @@ class Trainer:
         self.engine.step()
         if micro == self.cfg.grad_accum - 1:  # after the optimizer step
             clamp_bounded(self.task, self.bounds)
-        self.meter.update(self.cfg.micro_batch_size * self.comm.world, 0, self.flops_per_micro * self.comm.world)
+            if self.ema is not None:
+                self.ema.update()
+        self.meter.update(self.micro_samples * self.comm.world, 0, self.flops_per_micro * self.comm.world)
 
     def forward(self, batch: dict[str, Any], **kwargs: Any) -> dict[str, torch.Tensor]:
         if self.flops_per_micro:
@@ -309,13 +330,22 @@ class Trainer:
         self.monitor.print(f"warning: {msg}; those optimizer steps were skipped")
 
     def evaluate(self) -> dict[str, float]:
-        return evaluate(self.engine, self.task, self.recipe, self.dtype, placement=self.placement, comm=self.comm)
+        """Collective: the held-out metrics, and with an EMA the same metrics of the EMA weights as ``ema_*``."""
+        self.comm.average_buffers_(self.task)
+        metrics = evaluate(self.engine, self.task, self.recipe, self.dtype, placement=self.placement, comm=self.comm)
+        if self.ema is not None:
+            with self.ema.applied():
+                ema = evaluate(self.engine, self.task, self.recipe, self.dtype, placement=self.placement,
+                               comm=self.comm)
+            metrics.update({f"ema_{k}": v for k, v in ema.items()})
+        return metrics
 
     def save(self) -> None:
         """Collective: a checkpoint of this step (once per step)."""
         if self.saved_step == self.step:
             return
         self.check_nonfinite()  # a run told to stop on a non-finite loss stops before it saves
+        self.comm.average_buffers_(self.task)  # rank 0's module file holds the buffers
         self.saved_step = self.step
         # The last logged training metrics: a run killed after its final checkpoint (during the final
         # evaluation or export) and started again trains no step, and reports these.
@@ -324,8 +354,9 @@ class Trainer:
         meta = {"step": self.step, "world_size": self.comm.world, "recipe": self.config_dict, "time": time.time(),
                 "train_metrics": train_metrics}
         rank_state = {"data": self.loader.state_dict(), "flops_per_micro": self.flops_per_micro}
+        tensors = {EMA_FILE: self.ema.full_state_dict()} if self.ema is not None else None  # collective
         ckpt.save(self.engine, self.ckpt_root, self.step, rank_state, meta, self.recipe.checkpoint.keep_last,
-                  self.placement.device)
+                  self.placement.device, tensors)
 
     def finish(self) -> dict[str, Any]:
         """Collective: the last checkpoint, final evaluation, export and ``final.json``."""
@@ -340,10 +371,12 @@ class Trainer:
             final["eval"] = self.evaluate()
             self.monitor.log(self.step, final["eval"], kind="eval")
         if self.recipe.checkpoint.export_final and self.comm.rank == 0:
-            from corefm.train.export import export_checkpoint
+            from corefm.train.export import export_checkpoint, export_ema
 
-            final["export"] = str(export_checkpoint(ckpt.latest_checkpoint(self.ckpt_root), self.task,
-                                                    self.run_dir / "model.safetensors"))
+            last = ckpt.latest_checkpoint(self.ckpt_root)
+            final["export"] = str(export_checkpoint(last, self.task, self.run_dir / "model.safetensors"))
+            if self.ema is not None:
+                final["export_ema"] = str(export_ema(last, self.task, self.run_dir / "model_ema.safetensors"))
         self.comm.barrier()
         if self.comm.rank == 0:
             ckpt.write_text_atomic(final_file, json.dumps(final, indent=2))
@@ -361,6 +394,15 @@ def world_change_line(old_meta: dict[str, Any], recipe: Recipe, world: int, last
             f"universal checkpoint ({ckpt.UNIVERSAL_TAG}/); {remapped}; {batch}")
 
 
+def batch_samples(batch: Any, default: int) -> int:
+    """Rows of a batch: the first dimension of its first tensor (``default`` if it holds none)."""
+    values = batch.values() if isinstance(batch, dict) else batch if isinstance(batch, (list, tuple)) else [batch]
+    for value in values:
+        if isinstance(value, torch.Tensor) and value.ndim:
+            return int(value.shape[0])
+    return default
+
+
 def _recorded_losses(run_dir: Path) -> dict[str, Any]:
     """Checkpoints from before corefm stored the training metrics in them: final.json's, if any."""
     final = run_dir / "final.json"
@@ -370,4 +412,10 @@ def _recorded_losses(run_dir: Path) -> dict[str, Any]:
 
 def train(recipe: Recipe, stop: StopFlag | None = None) -> dict[str, Any]:
     """Run (or resume) the recipe to ``train.max_steps``; returns the final metrics (rank 0's)."""
-    return Trainer.build(recipe, stop).run()
+    trainer = Trainer.build(recipe, stop)
+    try:
+        return trainer.run()
+    finally:
+        # Data workers ignore SIGTERM (their rank decides when to stop), so the interpreter's exit
+        # could not end any left running: they are stopped here, on success and on error alike.
+        trainer.loader.close()
