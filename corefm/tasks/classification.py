@@ -4,13 +4,18 @@ Shards hold an image (``png``/``jpg``/... or ``npy`` array) and an integer ``cls
 any ``nn.Module`` mapping ``(B, C, H, W)`` float images to ``(B, num_classes)`` logits. A model that
 declares its input (``image_size``, ``in_chans`` attributes) sets the task's image side and channels;
 a task section that names them too must agree.
+
+With ``range_augment.enabled`` the task owns a :class:`corefm.augment.RangeAugment`: its range
+parameters train with the model (same optimizer, saved in checkpoints, clamped after every step
+through :meth:`parameter_bounds`, left out of the exported weights), it augments train batches only,
+and its auxiliary loss (times ``range_augment.loss_weight``) joins the cross-entropy.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import io
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import numpy as np
@@ -18,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from corefm.augment import RangeAugment, RangeAugmentConfig
 from corefm.data.errors import SkipSample
 from corefm.errors import ConfigError
 from corefm.registry import register_task
@@ -37,6 +43,8 @@ class ClassificationConfig:
     label_smoothing: float = 0.0
     # Train-time augmentation: random shifts of up to this many pixels (0 = none).
     max_shift: int = 0
+    # Learned-range augmentation on the device (corefm/augment/README.md); off unless enabled: true.
+    range_augment: RangeAugmentConfig = field(default_factory=RangeAugmentConfig)
 
 
 def load_image(sample: dict, channels: int) -> Image.Image:
@@ -60,6 +68,9 @@ class ClassificationTask(Task):
         super().__init__(model)
         self.cfg = cfg
         self.num_classes = model_num_classes(model)  # labels outside 0..num_classes-1 are skipped
+        # A submodule, so its parameters reach the optimizer and checkpoints with the model's.
+        self.range_augment = (RangeAugment(cfg.range_augment, cfg.channels, "task.range_augment")
+                              if cfg.range_augment.enabled else None)
 
     def sample_transform(self, train: bool) -> Callable[[dict], dict]:
         cfg, num_classes = self.cfg, self.num_classes
@@ -80,8 +91,31 @@ class ClassificationTask(Task):
 
         return transform
 
+    def parameter_bounds(self) -> dict[str, tuple[float | None, float | None]]:
+        if self.range_augment is None:
+            return {}
+        return {f"range_augment.{name}": b for name, b in self.range_augment.bounds().items()}
+
+    def param_lr_scales(self) -> dict[str, float]:
+        if self.range_augment is None or self.cfg.range_augment.lr_scale == 1.0:
+            return {}
+        return {f"range_augment.{name}": self.cfg.range_augment.lr_scale
+                for name, _ in self.range_augment.named_parameters()}
+
+    def augment(self, images: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """RangeAugment on a normalised train batch (B, C, H, W): denormalised to [0, 1] for the ops and
+        the PSNR, renormalised after. Returns the images (input dtype) and ``ra_``-prefixed logs, among
+        them ``ra_loss`` (the unweighted auxiliary loss)."""
+        mean, std = self.cfg.mean, self.cfg.std
+        augmented, aux, stats = self.range_augment(images.float() * std + mean)
+        logs = {"ra_loss": aux, **{f"ra_{k}": v for k, v in stats.items()}}
+        return ((augmented.float() - mean) / std).to(images.dtype), logs
+
     def forward(self, batch: dict[str, Any], mode: str = "train") -> dict[str, torch.Tensor]:
-        logits = self.model(batch["image"]).float()
+        images, logs = batch["image"], {}
+        if mode != "eval" and self.range_augment is not None:
+            images, logs = self.augment(images)
+        logits = self.model(images).float()
         labels = batch["label"]
         if mode == "eval":
             return {
@@ -91,7 +125,11 @@ class ClassificationTask(Task):
             }
         loss = F.cross_entropy(logits, labels, label_smoothing=self.cfg.label_smoothing)
         acc = (logits.argmax(-1) == labels).float().mean()
-        return {"loss": loss, "acc": acc}
+        if logs:
+            logs["ce"] = loss.detach()
+            loss = loss + self.cfg.range_augment.loss_weight * logs["ra_loss"]
+            logs["ra_loss"] = logs["ra_loss"].detach()
+        return {"loss": loss, "acc": acc, **logs}
 
     def eval_metrics(self, sums: dict[str, float]) -> dict[str, float]:
         n = max(sums.get("count", 0.0), 1.0)
@@ -103,12 +141,12 @@ def input_from_model(cfg: Any, model: torch.nn.Module, defaults: dict[str, int])
     model (``image_size``, ``in_chans``), else from ``defaults``; a field set to something the model
     contradicts is a one-line error (the model's value is the one the weights were built for)."""
     values = {}
-    for field, attr in (("image_size", "image_size"), ("channels", "in_chans")):
-        ours, theirs = getattr(cfg, field), getattr(model, attr, None)
+    for name, attr in (("image_size", "image_size"), ("channels", "in_chans")):
+        ours, theirs = getattr(cfg, name), getattr(model, attr, None)
         if ours is not None and theirs is not None and ours != theirs:
-            raise ConfigError(f"task.{field} is {ours} but model.{attr} is {theirs}: leave task.{field} out "
+            raise ConfigError(f"task.{name} is {ours} but model.{attr} is {theirs}: leave task.{name} out "
                               "(it follows the model) or make them equal")
-        values[field] = ours if ours is not None else theirs if theirs is not None else defaults[field]
+        values[name] = ours if ours is not None else theirs if theirs is not None else defaults[name]
     if values["channels"] not in (1, 3):
         raise ConfigError(f"task.channels must be 1 or 3, got {values['channels']}")
     if values["image_size"] < 1:
