@@ -35,6 +35,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run as a script
 
+from benchmarks.timing import timed  # noqa: E402
 from corefm.train.meters import count_flops  # noqa: E402
 from projects.byteformer.model import ByteFormer, ByteFormerConfig, conv_tokens  # noqa: E402
 from projects.vit.model import ViTClassifier, ViTClassifierConfig  # noqa: E402
@@ -47,30 +48,6 @@ def count_forward_flops(fn: Callable[[], object]) -> int:
     """FLOPs of one no-grad call (corefm's counter: CPU attention included)."""
     with torch.no_grad():
         return count_flops(fn)[1]
-
-
-def timed(fns: list[Callable[[], object]], seconds: float, rounds: int = 3) -> list[tuple[float, float]]:
-    """Per function: best (wall seconds, CPU seconds) per call over `rounds` rounds.
-
-    The functions alternate within each round (after one warm-up call each), so a load spike on
-    the shared machine hits all of them alike; CPU time (all threads of this process) is the
-    steadier number when other jobs compete for the cores.
-    """
-    for fn in fns:
-        fn()
-    best = [(float("inf"), float("inf")) for _ in fns]
-    for _ in range(rounds):
-        for i, fn in enumerate(fns):
-            n, wall, cpu = 0, time.perf_counter(), time.process_time()
-            while True:
-                fn()
-                n += 1
-                elapsed = time.perf_counter() - wall
-                if elapsed >= seconds / rounds:
-                    break
-            per_call = (elapsed / n, (time.process_time() - cpu) / n)
-            best[i] = (min(best[i][0], per_call[0]), min(best[i][1], per_call[1]))
-    return best
 
 
 def tiff_batch(size: int, channels: int, batch: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:

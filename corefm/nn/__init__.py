@@ -1,4 +1,4 @@
-"""Shared neural-network blocks: norms, MLPs, embeddings, attention, blocks, towers."""
+"""Shared neural-network blocks: norms, MLPs, embeddings, attention, blocks, towers (ViT, text, MobileViT)."""
 
 from corefm.nn.attention import Attention, build_attention_mask, sdpa
 from corefm.nn.block import LayerScale, TransformerBlock
@@ -6,6 +6,8 @@ from corefm.nn.decoder import DecoderLM, LayerSpec
 from corefm.nn.embeddings import LearnedPositions, PatchEmbed, RotaryEmbedding, apply_rotary, rotate_half
 from corefm.nn.kv_cache import KVCache
 from corefm.nn.mlp import GELUMLP, SwiGLU, build_mlp
+from corefm.nn.mobilevit import MobileViT, MobileViTOutput, MobileViTv2, build_mobilevit_tower
+from corefm.nn.mobilevit_blocks import LinearAttnFFN, MobileViTBlock, MobileViTv2Block, SeparableSelfAttention
 from corefm.nn.norms import RMSNorm, build_norm
 from corefm.nn.pooling import cls_pool, eot_pool, masked_mean, max_pool
 from corefm.nn.text import TextTransformer
@@ -21,9 +23,16 @@ __all__ = [
     "LayerScale",
     "LayerSpec",
     "LearnedPositions",
+    "LinearAttnFFN",
+    "MobileViT",
+    "MobileViTBlock",
+    "MobileViTOutput",
+    "MobileViTv2",
+    "MobileViTv2Block",
     "PatchEmbed",
     "RMSNorm",
     "RotaryEmbedding",
+    "SeparableSelfAttention",
     "SwiGLU",
     "TextTransformer",
     "TokenMerge",
@@ -34,6 +43,7 @@ __all__ = [
     "apply_rotary",
     "build_attention_mask",
     "build_mlp",
+    "build_mobilevit_tower",
     "build_norm",
     "cls_pool",
     "eot_pool",

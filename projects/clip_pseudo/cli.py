@@ -109,6 +109,10 @@ def _clip_eval(args: argparse.Namespace) -> int:
             raise ConfigError(f"unknown probe {name!r} (known: {', '.join(PRESETS)})")
         spec = replace(PRESETS[name], up=args.probe_up)
         probes.append(replace(spec, channels=len(classes) + 1) if name == "semantic" else spec)
+    if probes:
+        from projects.clip_pseudo.config import require_vit_tower
+
+        require_vit_tower(loaded.model.cfg, "dense probes (--probe)")  # before any features are extracted
     if probes and not args.probe_train:
         raise ConfigError("--probe needs --probe-train (the shard set the linear probes are fitted on)")
     if any(p.name == "semantic" for p in probes) and not classes:

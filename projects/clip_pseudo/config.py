@@ -13,12 +13,16 @@ from collections.abc import Iterator, Mapping
 from typing import Any
 
 from corefm.errors import ConfigError
+from corefm.nn.mobilevit import TOWERS as MOBILEVIT_TOWERS
 
 # Keys of an open_clip model_cfg that this model reproduces; anything else (timm or HF towers,
 # custom attention blocks, attentional pooling, ...) is refused rather than silently dropped.
 _VISION_KEYS = {"image_size", "layers", "width", "patch_size", "head_width", "mlp_ratio"}
 _TEXT_KEYS = {"context_length", "vocab_size", "width", "heads", "layers", "mlp_ratio"}
 _TOP_KEYS = {"embed_dim", "vision_cfg", "text_cfg", "quick_gelu", "init_logit_scale", "init_logit_bias"}
+MOBILEVIT_PREFIX = "mobilevit_"
+# model.vision_tower values: the ViT, or one of corefm's MobileViT towers
+VISION_TOWERS = ("vit", *(MOBILEVIT_PREFIX + name for name in MOBILEVIT_TOWERS))
 
 
 @dataclass
@@ -49,8 +53,21 @@ class ClipConfig:
     # open_clip checkpoint (file or local-dir folder) to initialise both towers from; "" = random.
     pretrained: str = ""
     gradient_checkpointing: bool = False
+    # Image tower: "vit" (the image_size / patch_size / vision_* fields above), or a corefm MobileViT
+    # tower by name, "mobilevit_" + v1_xxs | v1_xs | v1_s | v2_050 ... v2_200 (corefm.nn.mobilevit),
+    # projected linearly to embed_dim; it reads image_size only. A MobileViT tower takes no
+    # pseudo-label dense heads and has no open_clip export: both refuse it with a ConfigError.
+    vision_tower: str = "vit"
 
     def __post_init__(self) -> None:
+        if self.vision_tower != "vit":
+            if self.vision_tower not in VISION_TOWERS:
+                raise ConfigError(f"model.vision_tower: unknown image tower {self.vision_tower!r} "
+                                  f"(valid: {', '.join(VISION_TOWERS)})")
+            if self.pretrained:
+                raise ConfigError(f"model.pretrained loads open_clip ViT checkpoints; model.vision_tower is "
+                                  f"{self.vision_tower!r} (train it from scratch, or use vision_tower: vit)")
+            return  # the ViT's shape checks below do not apply
         if self.vision_width % self.vision_head_width:
             raise ConfigError(f"model.vision_width ({self.vision_width}) is not a multiple of "
                               f"model.vision_head_width ({self.vision_head_width})")
@@ -65,9 +82,23 @@ class ClipConfig:
     def vision_heads(self) -> int:
         return self.vision_width // self.vision_head_width
 
+    @property
+    def mobilevit_name(self) -> str | None:
+        """The corefm MobileViT tower name (``v2_100``, ...) for a MobileViT image tower, else None."""
+        return self.vision_tower.removeprefix(MOBILEVIT_PREFIX) if self.vision_tower != "vit" else None
+
+
+def require_vit_tower(cfg: ClipConfig, what: str) -> None:
+    """One-line ConfigError unless ``cfg`` has the ViT image tower: ``what`` (open_clip export,
+    dense heads, ...) exists for the ViT's layout only, and silently skipping it would hide that."""
+    if cfg.vision_tower != "vit":
+        raise ConfigError(f"{what} needs the ViT image tower (model.vision_tower: vit); this CLIP's "
+                          f"image tower is {cfg.vision_tower!r}")
+
 
 def to_open_clip_cfg(cfg: ClipConfig) -> dict[str, Any]:
     """The open_clip ``model_cfg`` that builds the same architecture (``open_clip.CLIP(**cfg)``)."""
+    require_vit_tower(cfg, "open_clip export")
     out: dict[str, Any] = {
         "embed_dim": cfg.embed_dim,
         "quick_gelu": cfg.quick_gelu,

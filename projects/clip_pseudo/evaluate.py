@@ -110,8 +110,10 @@ def probe_targets(spec: HeadSpec, feats: dict) -> tuple[torch.Tensor, torch.Tens
 
 
 def run_probes(loaded: Loaded, probes: list[HeadSpec], train: dict, test: dict, epochs: int) -> dict[str, float]:
+    from projects.clip_pseudo.config import require_vit_tower
     from projects.clip_pseudo.probe import score_probe, train_probe
 
+    require_vit_tower(loaded.model.cfg, "dense probes (--probe)")
     p = loaded.model.cfg.patch_size
     grid = (loaded.model.cfg.image_size // p,) * 2
     out: dict[str, float] = {}

@@ -1,7 +1,8 @@
 """CLIP on corefm's towers: ViT image tower, causal text tower, projections, logit scale, task heads.
 
 Tensor names mirror open_clip's CLIP one to one (see :mod:`projects.clip_pseudo.openclip_io`), so
-weights move between the two without reshaping beyond transposed projections.
+weights move between the two without reshaping beyond transposed projections. The image tower may
+instead be a corefm MobileViT (``model.vision_tower``); that model has no open_clip counterpart.
 """
 
 from __future__ import annotations
@@ -11,11 +12,12 @@ from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
+from einops import rearrange
 from torch import nn
 
-from corefm.nn import TextTransformer, VisionOutput, VisionTransformer
+from corefm.nn import TextTransformer, VisionOutput, VisionTransformer, build_mobilevit_tower
 from corefm.registry import register_model
-from projects.clip_pseudo.config import ClipConfig, ClipPresets
+from projects.clip_pseudo.config import ClipConfig, ClipPresets, require_vit_tower
 from projects.clip_pseudo.heads import HeadSpec, build_heads
 
 # As open_clip: logit_scale stays in [0, log 100], clamped after every optimizer step (the CLIP task's
@@ -37,14 +39,43 @@ def eot_length(tokens: torch.Tensor) -> int:
     return int(tokens.argmax(dim=-1).max().item()) + 1
 
 
+class MobileViTImageTower(nn.Module):
+    """A corefm MobileViT tower (3 channels) and a bias-free projection to ``embed_dim``, called like
+    the ViT tower: images (B, 3, H, W) -> VisionOutput(pooled (B, embed_dim), patch_tokens (B, h * w,
+    width)), the tokens being the last feature map (stride 32) in row-major order."""
+
+    def __init__(self, name: str, embed_dim: int) -> None:
+        super().__init__()
+        self.tower = build_mobilevit_tower(name, in_chans=3)
+        self.width = self.tower.out_dim
+        self.proj = nn.Linear(self.width, embed_dim, bias=False)
+
+    @property
+    def gradient_checkpointing(self) -> bool:
+        return self.tower.gradient_checkpointing
+
+    @gradient_checkpointing.setter
+    def gradient_checkpointing(self, value: bool) -> None:
+        self.tower.gradient_checkpointing = value
+
+    def forward(self, images: torch.Tensor) -> VisionOutput:
+        """images: (B, 3, H, W) -> VisionOutput(pooled (B, embed_dim), patch_tokens (B, h * w, width))."""
+        out = self.tower(images)
+        return VisionOutput(self.proj(out.pooled), rearrange(out.feature_map, "b c h w -> b (h w) c"))
+
+
 class ClipModel(nn.Module):
     def __init__(self, cfg: ClipConfig) -> None:
         super().__init__()
         self.cfg = cfg
         mlp = "quick_gelu" if cfg.quick_gelu else "gelu"
-        self.visual = VisionTransformer(cfg.image_size, cfg.patch_size, cfg.vision_width, cfg.vision_layers,
-                                        cfg.vision_heads, mlp_ratio=cfg.vision_mlp_ratio, in_chans=3,
-                                        output_dim=cfg.embed_dim, mlp=mlp)
+        self.visual: VisionTransformer | MobileViTImageTower
+        if cfg.mobilevit_name is not None:
+            self.visual = MobileViTImageTower(cfg.mobilevit_name, cfg.embed_dim)
+        else:
+            self.visual = VisionTransformer(cfg.image_size, cfg.patch_size, cfg.vision_width, cfg.vision_layers,
+                                            cfg.vision_heads, mlp_ratio=cfg.vision_mlp_ratio, in_chans=3,
+                                            output_dim=cfg.embed_dim, mlp=mlp)
         self.text = TextTransformer(cfg.vocab_size, cfg.context_length, cfg.text_width, cfg.text_layers,
                                     cfg.text_heads, mlp_ratio=cfg.text_mlp_ratio, output_dim=cfg.embed_dim, mlp=mlp)
         self.visual.gradient_checkpointing = self.text.gradient_checkpointing = cfg.gradient_checkpointing
@@ -59,8 +90,14 @@ class ClipModel(nn.Module):
     @torch.no_grad()
     def _init_like_clip(self) -> None:
         """CLIP's initialisation (open_clip's TextTransformer.init_parameters; zero attention biases
-        as nn.MultiheadAttention has them; the image projection at width^-0.5)."""
-        for tower, layers in ((self.text, self.cfg.text_layers), (self.visual, self.cfg.vision_layers)):
+        as nn.MultiheadAttention has them; the image projection at width^-0.5). A MobileViT tower keeps
+        its own (CoreNet's) initialisation; only its projection is set here."""
+        if isinstance(self.visual, MobileViTImageTower):
+            nn.init.normal_(self.visual.proj.weight, std=self.visual.width**-0.5)
+            towers = ((self.text, self.cfg.text_layers),)
+        else:
+            towers = ((self.text, self.cfg.text_layers), (self.visual, self.cfg.vision_layers))
+        for tower, layers in towers:
             width = tower.width
             proj_std, attn_std, fc_std = width**-0.5 * (2 * layers) ** -0.5, width**-0.5, (2 * width) ** -0.5
             for block in tower.blocks:
@@ -75,6 +112,8 @@ class ClipModel(nn.Module):
 
     def set_heads(self, specs: list[HeadSpec]) -> None:
         """Attach pseudo-label heads (the task does this before training; [] = plain CLIP)."""
+        if specs:
+            require_vit_tower(self.cfg, "pseudo-label dense heads (task.heads)")
         self.heads = build_heads(self.cfg.vision_width, specs)
         self.head_specs = list(specs)
 

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 
 from corefm.errors import CheckpointError
-from projects.clip_pseudo.config import ClipConfig, from_open_clip_cfg, to_open_clip_cfg
+from projects.clip_pseudo.config import ClipConfig, from_open_clip_cfg, require_vit_tower, to_open_clip_cfg
 from projects.clip_pseudo.heads import HeadSpec
 
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -166,6 +166,7 @@ def load_open_clip_weights(model: torch.nn.Module, path: str | Path,
                            state: dict[str, torch.Tensor] | None = None) -> None:
     """Copy an open_clip checkpoint (or its already read ``state``) into a model of the same shape;
     task heads are left as they are."""
+    require_vit_tower(model.cfg, "loading open_clip weights")
     if state is None:
         state, _ = _read_state(Path(path))
     ours = from_open_clip_state_dict(state)
@@ -204,6 +205,8 @@ def save_open_clip(model: torch.nn.Module, cfg: ClipConfig, out_dir: str | Path,
                    interpolation: str = "bicubic", resize_mode: str = "shortest") -> list[Path]:
     """Write an open_clip folder (config + safetensors), plus heads.* when the model has heads."""
     from safetensors.torch import save_file
+
+    require_vit_tower(cfg, "open_clip export")
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

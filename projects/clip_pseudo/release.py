@@ -50,10 +50,13 @@ def write_clip_release(run_dir: Path, out_dir: Path, recipe: dict) -> list[Path]
 
     from corefm.train.config import parse_recipe
     from corefm.train.build import build_task
+    from projects.clip_pseudo.config import require_vit_tower
     from projects.clip_pseudo.openclip_io import save_open_clip
 
-    _, final = read_run(run_dir)
     parsed = parse_recipe(json.loads(json.dumps(recipe)))
+    # before anything is read or built: the release is an open_clip folder, which has no MobileViT tower
+    require_vit_tower(parsed.model, "corefm release of a CLIP run (an open_clip folder)")
+    _, final = read_run(run_dir)
     task = build_task(parsed)
     task.model.load_state_dict(load_file(str(run_dir / "model.safetensors")))
     files = save_open_clip(task.model, task.model.cfg, out_dir, mean=tuple(parsed.task.mean),
