@@ -53,7 +53,7 @@ def test_imagenet_recipe_is_the_papers():
     """CoreNet's projects/byteformer/imagenet_file_encodings/encoding_type=TIFF.yaml: global batch 48 x 8
     GPUs x accumulation 2 = 768, 300 epochs, AdamW 1e-3 -> 2e-5 (0.02x) cosine with 7,500 warm-up
     iterations, weight decay 0.05, label smoothing 0.1, RandomResizedCrop + flip + RandAugment +
-    RandomErase 0.25 at 224 (eval: 256 then a 224 centre crop), kernel 32, windows of 128."""
+    RandomErase 0.25 at 224 (eval: 256 then a 224 centre crop), kernel 32, windows of 128, EMA 1e-4."""
     r = load_recipe(Path(__file__).resolve().parents[2] / "projects/byteformer/configs/imagenet_tiff.yaml")
     ranks = 8  # the recipe's header: --nproc 8
     assert r.train.micro_batch_size * r.train.grad_accum * ranks == 768
@@ -65,6 +65,7 @@ def test_imagenet_recipe_is_the_papers():
         (224, 256, True, True, True, 0.25)
     assert t.label_smoothing == 0.1 and t.image_encoding == "tiff"
     assert (r.model.kernel_size, r.model.window_size, r.model.init) == (32, 128, "corenet")
+    assert r.ema.momentum == 1e-4  # CoreNet's EMA of the weights
 
 
 def test_the_papers_augmentations_replay_under_the_loaders_seeding():
@@ -84,3 +85,15 @@ def test_the_papers_augmentations_replay_under_the_loaders_seeding():
     assert (runs[0] == 0).all(axis=-1).any()  # an erased patch (p = 1)
     centre = np.asarray(evaluate.image(img, "png"))  # resize to 36, centre crop 32: no randomness
     assert centre.shape == (32, 32, 3) and np.array_equal(centre, np.asarray(evaluate.image(img, "png")))
+
+
+def test_speech_commands_recipe_is_corenets():
+    """CoreNet's speech_commands_wav/encoding_dtype=float32,conv_kernel_size=32.yaml: 12 classes, 16 kHz
+    float32 WAV, global batch 48 x 4 ranks x 2 = 384, ~300 epochs, AdamW 1e-3 -> 2e-5 cosine after 500
+    warm-up steps, weight decay 0.05, label smoothing 0.1, kernel 32, windows of 128, EMA 1e-4."""
+    r = load_recipe(Path(__file__).resolve().parents[2] / "projects/byteformer/configs/speech_commands_wav.yaml")
+    assert r.train.micro_batch_size * r.train.grad_accum * 4 == 384 and r.train.max_steps == 66400
+    assert (r.model.num_classes, r.model.kernel_size, r.model.window_size) == (12, 32, 128)
+    assert (r.task.audio_encoding, r.task.wav_dtype, r.task.sample_rate) == ("wav", "float32", 16000)
+    assert (r.optim.lr, r.optim.weight_decay, r.task.label_smoothing) == (1e-3, 0.05, 0.1)
+    assert (r.schedule.warmup_steps, r.schedule.min_lr_ratio, r.ema.momentum) == (500, 0.02, 1e-4)

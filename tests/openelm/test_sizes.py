@@ -11,8 +11,8 @@ import torch
 import yaml
 
 from corefm.errors import ConfigError
-from corefm.train.config import from_dict, load_recipe
-from projects.openelm.config import (SIZES, OpenELMConfig, layer_specs, linspace, make_divisible, named_config,
+from corefm.train.config import load_recipe
+from projects.openelm.config import (OpenELMConfig, layer_specs, linspace, make_divisible, named_config,
                                      openelm_1_1b, openelm_3b, openelm_270m, openelm_450m, tiny)
 from projects.openelm.model import OpenELM
 from ._formulas import expected_widths
