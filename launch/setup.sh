@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
 # Create .venv and install corefm with its pinned dependencies, plus the Debian packages that
 # hold the offline demo data (Fashion-MNIST, spoken digits, a speech synthesiser, an MP3
-# encoder) and the launchers the scale-out tests start for real (pdsh + an ssh server for
-# DeepSpeed's hostfile launcher; SLURM's controller, node daemon, client and munge). Nothing is
-# started here: the tests run their own daemons on private ports. Idempotent: a second call with
-# nothing changed returns at once.
+# encoder, WordNet 3.0 for CatLIP's caption labels) and the launchers the scale-out tests start
+# for real (pdsh + an ssh server for DeepSpeed's hostfile launcher; SLURM's controller, node
+# daemon, client and munge). Nothing is started here: the tests run their own daemons on private
+# ports. Idempotent: a second call with nothing changed returns at once.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-APT_PACKAGES=(dataset-fashion-mnist asterisk-core-sounds-en-wav espeak-ng lame
+APT_PACKAGES=(dataset-fashion-mnist asterisk-core-sounds-en-wav espeak-ng lame wordnet-base
               pdsh openssh-server openssh-client slurmd slurmctld slurm-client munge)
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do

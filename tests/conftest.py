@@ -33,3 +33,10 @@ def require_fashion_mnist() -> None:
     from corefm.data.image_sets import FASHION_ROOT
 
     require_installed((FASHION_ROOT / "train-images-idx3-ubyte.gz").is_file(), "Debian's dataset-fashion-mnist")
+
+
+def require_wordnet() -> None:
+    """Skip (fail under CI) when Debian's wordnet-base (WordNet 3.0 dict files) is not installed."""
+    from projects.catlip.wordnet import default_wordnet
+
+    require_installed(default_wordnet().available(), "Debian's wordnet-base")
