@@ -69,3 +69,19 @@ def test_ema_outputs_of_a_run_without_ema_are_one_line_errors(digits, tmp_path):
     error_line(run(corefm_cmd("eval", str(run_dir), "--weights", "ema")), "model_ema.safetensors is missing")
     error_line(run(train_cmd(small_overrides(digits, tmp_path / "bad", **{"ema.momentum": 1.5}))),
                "ema.momentum must be in [0, 1)")
+
+
+def test_ema_resumes_at_another_world_size(digits, tmp_path):
+    """Stored whole, the EMA loads at any world size: a finished 2-rank ZeRO-3 run started again on one
+    rank (through DeepSpeed's universal checkpoint) evaluates its EMA exactly as the two ranks did."""
+    run_dir = tmp_path / "elastic"
+    sets = {**EMA, "train.max_steps": 8}
+    r = run(train_cmd(small_overrides(digits, run_dir, **sets)))
+    assert r.returncode == 0, r.stderr[-3000:]
+    two = final(run_dir)["eval"]
+    again = run(train_cmd(small_overrides(digits, run_dir, **sets), nproc=1))
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "world size 2 -> 1" in again.stdout + again.stderr
+    one = final(run_dir)["eval"]
+    assert one["ema_accuracy"] == two["ema_accuracy"] and one["accuracy"] == two["accuracy"]
+    assert one["ema_loss"] == pytest.approx(two["ema_loss"], rel=1e-6)
