@@ -140,8 +140,7 @@ class ResumableLoader:
             # the new workers count from zero, so keep what the old ones reported
             self._base = self.stats()
             self._counters.clear()
-            self.stream.rotation = self.batches % self.stream.spec.roles
-            self.stream.first_batch = self.batches
+            self.stream.first_batch = self.batches  # sets the workers' roles too
             self.stream.start = [(e, o) for e, o in self.positions]
             seed = seed_int("corefm-loader", self.fingerprint["seed"], self.fingerprint["rank"])
             self._iter = iter(_dataloader(self.stream, self.num_workers, self.pin_memory, seed))
@@ -303,8 +302,8 @@ def build_loader(
         batches, start = _resume_point(state, fingerprint, roles)
         history = (state or {}).get("history")
         consumed = elastic.consumed_by(history, spec) if history else {}
-    stream = ShardStream(spec, map_fn, collate_fn or default_collate, rotation=batches % roles, start=start,
-                         consumed=consumed, first_batch=batches)
+    stream = ShardStream(spec, map_fn, collate_fn or default_collate, start=start, consumed=consumed,
+                         first_batch=batches)
     num_samples = sum(counts.values()) if counts and len(counts) == len(urls) else None
     loader = ResumableLoader(stream, cfg.num_workers, batches, fingerprint, pin_memory, num_samples, history)
     loader.remapped = remapped.describe() if remapped else ""

@@ -202,10 +202,9 @@ class ShardStream(IterableDataset):
         spec: the order-defining settings.
         map_fn: raw sample -> sample (decode + transform); raise SkipSample to drop one.
         collate_fn: list of samples -> batch.
-        rotation: DataLoader worker i plays role (i + rotation) % roles (resume after n batches
-            uses rotation n % roles, since the in-order DataLoader takes worker 0's batch first).
-        first_batch: the rank batches delivered before these workers started (the multi-scale plan
-            is indexed by rank batch).
+        first_batch: the rank batches n0 delivered before these workers started. DataLoader worker
+            i plays role (i + n0) % roles, since the in-order DataLoader takes worker 0's batch first,
+            and yields rank batches n0 + i, n0 + i + W, ... (the multi-scale plan is indexed by them).
         start: per role (epoch, offset) to resume from; default (0, 0) for all.
         consumed: epoch -> samples to leave out of that epoch (a resume at another world size).
     """
@@ -215,14 +214,12 @@ class ShardStream(IterableDataset):
         spec: StreamSpec,
         map_fn: MapFn,
         collate_fn: CollateFn,
-        rotation: int = 0,
         start: list[tuple[int, int]] | None = None,
         consumed: dict[int, Consumed] | None = None,
         first_batch: int = 0,
     ) -> None:
         super().__init__()
         self.spec, self.map_fn, self.collate_fn = spec, map_fn, collate_fn
-        self.rotation = rotation
         self.first_batch = first_batch
         self.start = start or [(0, 0)] * spec.roles
         self.consumed = consumed or {}
@@ -233,7 +230,7 @@ class ShardStream(IterableDataset):
         worker = 0 if info is None else info.id
         if info is not None and info.num_workers != self.spec.roles:
             raise DataError(f"stream built for {self.spec.roles} workers runs in {info.num_workers}")
-        role = (worker + self.rotation) % self.spec.roles
+        role = (worker + self.first_batch) % self.spec.roles
         epoch, offset = self.start[role]
         try:
             yield from self._role_batches(role, epoch, offset, restore_rngs=info is None, worker=worker)
