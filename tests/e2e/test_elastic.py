@@ -12,15 +12,13 @@ from __future__ import annotations
 
 import json
 import math
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
 from corefm.train import checkpoint as ckpt
-from corefm.train.launcher import free_port
-from tests.e2e.util import RECIPE, run, small_overrides
+from tests.e2e.util import RECIPE, run_ranks, small_overrides
 
 pytestmark = pytest.mark.slow
 
@@ -35,11 +33,8 @@ def _stage(digits: Path, run_dir: Path, out: Path, ranks: int, accum: int, steps
     sets = small_overrides(digits, run_dir, **{
         "train.max_steps": MAX_STEPS, "train.grad_accum": accum, "deepspeed.zero_stage": zero,
         "deepspeed.precision": precision, "checkpoint.every": 0, "data.num_workers": 1})
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(ranks), "--master-port",
-           str(free_port()), str(Path(__file__).with_name("elastic_probe.py")), str(RECIPE), str(steps), str(out),
-           *sum((["--set", s] for s in sets), [])]
-    r = run(cmd, timeout=600, env={"OMP_NUM_THREADS": "1"})
-    assert r.returncode == 0, (r.stdout + r.stderr)[-4000:]
+    r = run_ranks(Path(__file__).with_name("elastic_probe.py"), str(RECIPE), str(steps), str(out),
+                  *sum((["--set", s] for s in sets), []), nproc=ranks)
     return json.loads((out / "probe.json").read_text()), r.stdout + r.stderr
 
 

@@ -35,6 +35,17 @@ def run(cmd: list[str], timeout: float = 900, env: dict[str, str] | None = None)
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env, cwd=ROOT)
 
 
+def run_ranks(script: Path, *args: str, nproc: int = 2, timeout: float = 600) -> subprocess.CompletedProcess:
+    """``script`` on ``nproc`` local ranks through torchrun (a free port, one thread each); asserts it
+    exited 0, showing the end of its output otherwise."""
+    from corefm.train.launcher import free_port
+
+    r = run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(nproc), "--master-port",
+             str(free_port()), str(script), *args], timeout=timeout, env={"OMP_NUM_THREADS": "1"})
+    assert r.returncode == 0, (r.stdout + r.stderr)[-4000:]
+    return r
+
+
 def losses(run_dir: Path) -> dict[int, float]:
     """Per-step training loss from metrics.jsonl; a resumed step keeps its latest value."""
     out = {}

@@ -4,23 +4,18 @@ copies alike, at every ZeRO stage, and can come back from their bound (open_clip
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import pytest
 
-from corefm.train.launcher import free_port
-from tests.e2e.util import run
+from tests.e2e.util import run_ranks
 
 pytestmark = pytest.mark.slow
 
 
 def test_clamped_after_the_step_at_every_zero_stage_and_free_to_come_back(tmp_path):
     out = tmp_path / "trace.json"
-    r = run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port",
-             str(free_port()), str(Path(__file__).with_name("bounds_probe.py")), str(out)],
-            env={"OMP_NUM_THREADS": "1"}, timeout=600)
-    assert r.returncode == 0, (r.stdout + r.stderr)[-4000:]
+    run_ranks(Path(__file__).with_name("bounds_probe.py"), str(out))
     for config, trace in json.loads(out.read_text()).items():
         pushed_out, came_back = trace[:2], trace[2:]
         for t in pushed_out:  # the optimizer moved it past 2.0; both copies are back at the bound

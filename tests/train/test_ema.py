@@ -5,24 +5,19 @@ evaluates as the EMA even right after a raw evaluation, and gives the raw weight
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
 from corefm.train.ema import WeightEma
-from corefm.train.launcher import free_port
-from tests.e2e.util import run
+from tests.e2e.util import run_ranks
 
 
 @pytest.mark.slow
 def test_ema_at_every_zero_stage(tmp_path):
     out = tmp_path / "ema.json"
-    r = run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port",
-             str(free_port()), str(Path(__file__).with_name("ema_probe.py")), str(out)],
-            env={"OMP_NUM_THREADS": "1"}, timeout=600)
-    assert r.returncode == 0, (r.stdout + r.stderr)[-4000:]
+    run_ranks(Path(__file__).with_name("ema_probe.py"), str(out))
     results = json.loads(out.read_text())
     assert sorted(results) == [f"{s}-{p}" for s in (1, 2, 3) for p in ("bf16", "fp32")]
     for config, res in results.items():
