@@ -45,6 +45,11 @@ class DataConfig:
             samples per micro-batch; [] trains at the task's own size.
         scale_base: the side at which train.micro_batch_size holds (required with scales).
         scale_key: the batch entry the loader resizes, float images (B, C, H, W).
+        worker_timeout: seconds a rank waits for its next batch from its data workers before it takes
+            them for hung (a worker can deadlock right after fork, or stall on a network read): it
+            stops them and starts new ones at its exact position, so the same batches follow (a
+            warning says so); after 3 restarts without a batch in between, a DataError. 0 waits
+            forever. Only with num_workers > 0; the slowest legitimate batch must fit in it.
     """
 
     train: str = ""
@@ -62,3 +67,4 @@ class DataConfig:
     scales: list[int] = field(default_factory=list)
     scale_base: int = 0
     scale_key: str = "image"
+    worker_timeout: float = 300.0

@@ -8,6 +8,7 @@ import hashlib
 import logging
 import os
 import signal
+import sys
 from collections import defaultdict
 from typing import Any, Iterator, Sequence
 
@@ -74,6 +75,8 @@ def _check_common(cfg: DataConfig, rank: int, world_size: int, batch_size: int) 
         raise DataError(f"batch size must be positive, got {batch_size}")
     if cfg.num_workers < 0 or cfg.shuffle_buffer < 0:
         raise DataError("data.num_workers and data.shuffle_buffer must be >= 0")
+    if cfg.worker_timeout < 0:
+        raise DataError(f"data.worker_timeout must be >= 0 seconds (0 waits forever), got {cfg.worker_timeout}")
     if not 0.0 <= cfg.max_skip_fraction <= 1.0:
         raise DataError(f"data.max_skip_fraction must be in [0, 1], got {cfg.max_skip_fraction}")
 
@@ -86,11 +89,15 @@ def _ignore_stop_signals(worker_id: int) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
-def _dataloader(stream: ShardStream, num_workers: int, pin_memory: bool, seed: int) -> DataLoader:
+MAX_WORKER_RESTARTS = 3
+
+
+def _dataloader(stream: ShardStream, num_workers: int, pin_memory: bool, seed: int, timeout: float = 0.0) -> DataLoader:
     return DataLoader(
         stream,
         batch_size=None,
         num_workers=num_workers,
+        timeout=timeout if num_workers > 0 else 0,
         collate_fn=_identity,
         pin_memory=pin_memory,
         worker_init_fn=_ignore_stop_signals,
@@ -99,6 +106,35 @@ def _dataloader(stream: ShardStream, num_workers: int, pin_memory: bool, seed: i
         # trainer's global torch RNG (our map_fn seeding makes the base seed irrelevant anyway)
         generator=torch.Generator().manual_seed(seed),
     )
+
+
+def _stop_workers(it: Iterator[Any]) -> None:
+    """Stop a DataLoader iterator's workers. Its shutdown asks them to exit, waits a little, and then
+    terminates the stragglers with SIGTERM, which ours ignore (see _ignore_stop_signals): a worker
+    still alive after that is hung and is killed, so that neither this rank nor its exit waits on it
+    forever. (Killing first would be quicker, but a healthy worker killed while writing a batch to
+    the shared result queue leaves its lock held and the shutdown blocked.)"""
+    shutdown = getattr(it, "_shutdown_workers", None)
+    if shutdown is not None:
+        shutdown()
+    for worker in getattr(it, "_workers", ()):
+        if worker.is_alive():
+            worker.kill()
+            worker.join(timeout=10)
+
+
+def _workers_hung(err: RuntimeError) -> bool:
+    """Whether DataLoader raised because its workers delivered nothing within its timeout."""
+    return str(err).startswith("DataLoader timed out after")
+
+
+def _restart_or_raise(restarts: int, timeout: float, where: str) -> None:
+    """Warn that hung workers are restarted (restart number ``restarts``), or raise past the bound."""
+    if restarts > MAX_WORKER_RESTARTS:
+        raise DataError(f"{where}: the data workers delivered no batch for {timeout:g} s, {MAX_WORKER_RESTARTS} "
+                        "restarts in a row (raise data.worker_timeout if a batch legitimately takes longer)")
+    print(f"corefm: warning: {where}: the data workers delivered no batch for {timeout:g} s; restarted them at "
+          f"the same position (restart {restarts} of at most {MAX_WORKER_RESTARTS})", file=sys.stderr, flush=True)
 
 
 class ResumableLoader:
@@ -119,8 +155,11 @@ class ResumableLoader:
         pin_memory: bool = False,
         num_samples: int | None = None,
         history: dict[str, Any] | None = None,
+        worker_timeout: float = 0.0,
     ) -> None:
         self.stream, self.num_workers, self.pin_memory = stream, num_workers, pin_memory
+        self.worker_timeout = worker_timeout
+        self.worker_restarts = 0  # restarts of hung workers since the last delivered batch
         self.batches = batches
         self.history = history  # the earlier world's record while its epochs are in progress
         self.remapped = ""  # after a resume at another world size: what the remap did, one phrase
@@ -143,12 +182,21 @@ class ResumableLoader:
             self.stream.first_batch = self.batches  # sets the workers' roles too
             self.stream.start = [(e, o) for e, o in self.positions]
             seed = seed_int("corefm-loader", self.fingerprint["seed"], self.fingerprint["rank"])
-            self._iter = iter(_dataloader(self.stream, self.num_workers, self.pin_memory, seed))
+            self._iter = iter(_dataloader(self.stream, self.num_workers, self.pin_memory, seed, self.worker_timeout))
         try:
             batch, position = next(self._iter)
         except DataError as err:  # raised inside a worker outside the stream's own catch
             self.close()
             raise DataError(one_line(err)) from None
+        except RuntimeError as err:
+            if not _workers_hung(err):
+                raise
+            _stop_workers(self._iter)
+            self._iter = None  # the next call restarts the workers at self.positions
+            self.worker_restarts += 1
+            _restart_or_raise(self.worker_restarts, self.worker_timeout, f"batch {self.batches}")
+            return next(self)
+        self.worker_restarts = 0
         if batch is None:
             self.close()
             raise DataError(position["error"])
@@ -183,9 +231,7 @@ class ResumableLoader:
     def close(self) -> None:
         """Stop the worker processes; a later `next()` restarts them at the current position."""
         if self._iter is not None:
-            shutdown = getattr(self._iter, "_shutdown_workers", None)
-            if shutdown is not None:
-                shutdown()
+            _stop_workers(self._iter)
             self._iter = None
 
 
@@ -305,7 +351,8 @@ def build_loader(
     stream = ShardStream(spec, map_fn, collate_fn or default_collate, start=start, consumed=consumed,
                          first_batch=batches)
     num_samples = sum(counts.values()) if counts and len(counts) == len(urls) else None
-    loader = ResumableLoader(stream, cfg.num_workers, batches, fingerprint, pin_memory, num_samples, history)
+    loader = ResumableLoader(stream, cfg.num_workers, batches, fingerprint, pin_memory, num_samples, history,
+                             cfg.worker_timeout)
     loader.remapped = remapped.describe() if remapped else ""
     return loader
 
@@ -317,22 +364,40 @@ class EvalLoader:
     so every sample is seen exactly once over all ranks. No shuffling; last partial batch kept.
     """
 
-    def __init__(self, stream: ShardStream, num_workers: int, pin_memory: bool, num_samples: int | None) -> None:
+    def __init__(self, stream: ShardStream, num_workers: int, pin_memory: bool, num_samples: int | None,
+                 worker_timeout: float = 0.0) -> None:
         self.stream, self.num_workers, self.pin_memory = stream, num_workers, pin_memory
         self.num_samples = num_samples  # samples of this rank's shards, if manifests give counts
+        self.worker_timeout = worker_timeout
         self.last_stats: dict[str, int] = {}
 
     def __iter__(self) -> Iterator[Any]:
-        loader = _dataloader(self.stream, self.num_workers, self.pin_memory, self.stream.spec.seed)
         counters: dict[int, dict[str, int]] = {}
+        delivered, restarts = 0, 0
         try:
-            for batch, position in loader:
-                if batch is None:
-                    raise DataError(position["error"])
-                counters[position["role"]] = {
-                    k: position[k] for k in ("shards_opened", "skipped_shards", "skipped_samples")
-                }
-                yield batch
+            while True:
+                # A pass is deterministic (no shuffling, round-robin delivery), so after hung workers
+                # a fresh pass that skips the batches already delivered goes on where this one stopped.
+                loader = iter(_dataloader(self.stream, self.num_workers, self.pin_memory, self.stream.spec.seed,
+                                          self.worker_timeout))
+                try:
+                    for index, (batch, position) in enumerate(loader):
+                        if batch is None:
+                            raise DataError(position["error"])
+                        counters[position["role"]] = {
+                            k: position[k] for k in ("shards_opened", "skipped_shards", "skipped_samples")
+                        }
+                        if index >= delivered:
+                            delivered, restarts = delivered + 1, 0
+                            yield batch
+                    return
+                except RuntimeError as err:
+                    if not _workers_hung(err):
+                        raise
+                    restarts += 1
+                    _restart_or_raise(restarts, self.worker_timeout, f"eval batch {delivered}")
+                finally:
+                    _stop_workers(loader)
         except DataError as err:
             raise DataError(one_line(err)) from None
         finally:
@@ -371,4 +436,4 @@ def build_eval_loader(
     )
     stream = ShardStream(spec, map_fn, collate_fn or default_collate)
     num_samples = sum(counts[u] for u in mine) if all(u in counts for u in mine) and counts else None
-    return EvalLoader(stream, workers, pin_memory, num_samples)
+    return EvalLoader(stream, workers, pin_memory, num_samples, cfg.worker_timeout)
