@@ -64,18 +64,44 @@ class MobileViTImageTower(nn.Module):
         return VisionOutput(self.proj(out.pooled), rearrange(out.feature_map, "b c h w -> b (h w) c"))
 
 
+def build_image_tower(cfg: ClipConfig) -> VisionTransformer | MobileViTImageTower:
+    """The image tower ``cfg`` describes (``model.vision_tower``): images (B, 3, H, W) ->
+    VisionOutput(pooled (B, embed_dim), patch_tokens (B, n, width)). CatLIP builds the same one."""
+    if cfg.mobilevit_name is not None:
+        return MobileViTImageTower(cfg.mobilevit_name, cfg.embed_dim)
+    return VisionTransformer(cfg.image_size, cfg.patch_size, cfg.vision_width, cfg.vision_layers, cfg.vision_heads,
+                             mlp_ratio=cfg.vision_mlp_ratio, in_chans=3, output_dim=cfg.embed_dim,
+                             mlp="quick_gelu" if cfg.quick_gelu else "gelu")
+
+
+@torch.no_grad()
+def init_like_clip(tower: nn.Module, layers: int, ffn: bool = False) -> None:
+    """CLIP's initialisation of one tower (open_clip's TextTransformer.init_parameters; zero attention
+    biases as nn.MultiheadAttention has them; the projection at width^-0.5; the FFN only with ``ffn``,
+    as open_clip does for the text tower). A MobileViT tower keeps its own (CoreNet's) initialisation;
+    only its projection is set."""
+    if isinstance(tower, MobileViTImageTower):
+        nn.init.normal_(tower.proj.weight, std=tower.width**-0.5)
+        return
+    width = tower.width
+    proj_std, attn_std, fc_std = width**-0.5 * (2 * layers) ** -0.5, width**-0.5, (2 * width) ** -0.5
+    for block in tower.blocks:
+        nn.init.normal_(block.attn.qkv_proj.weight, std=attn_std)
+        nn.init.normal_(block.attn.out_proj.weight, std=proj_std)
+        nn.init.zeros_(block.attn.qkv_proj.bias)
+        nn.init.zeros_(block.attn.out_proj.bias)
+        if ffn:
+            nn.init.normal_(block.ffn.fc1.weight, std=fc_std)
+            nn.init.normal_(block.ffn.fc2.weight, std=proj_std)
+    nn.init.normal_(tower.proj.weight, std=width**-0.5)
+
+
 class ClipModel(nn.Module):
     def __init__(self, cfg: ClipConfig) -> None:
         super().__init__()
         self.cfg = cfg
         mlp = "quick_gelu" if cfg.quick_gelu else "gelu"
-        self.visual: VisionTransformer | MobileViTImageTower
-        if cfg.mobilevit_name is not None:
-            self.visual = MobileViTImageTower(cfg.mobilevit_name, cfg.embed_dim)
-        else:
-            self.visual = VisionTransformer(cfg.image_size, cfg.patch_size, cfg.vision_width, cfg.vision_layers,
-                                            cfg.vision_heads, mlp_ratio=cfg.vision_mlp_ratio, in_chans=3,
-                                            output_dim=cfg.embed_dim, mlp=mlp)
+        self.visual = build_image_tower(cfg)
         self.text = TextTransformer(cfg.vocab_size, cfg.context_length, cfg.text_width, cfg.text_layers,
                                     cfg.text_heads, mlp_ratio=cfg.text_mlp_ratio, output_dim=cfg.embed_dim, mlp=mlp)
         self.visual.gradient_checkpointing = self.text.gradient_checkpointing = cfg.gradient_checkpointing
@@ -85,30 +111,8 @@ class ClipModel(nn.Module):
                            if cfg.init_logit_bias is not None else None)
         self.heads = nn.ModuleDict()
         self.head_specs: list[HeadSpec] = []
-        self._init_like_clip()
-
-    @torch.no_grad()
-    def _init_like_clip(self) -> None:
-        """CLIP's initialisation (open_clip's TextTransformer.init_parameters; zero attention biases
-        as nn.MultiheadAttention has them; the image projection at width^-0.5). A MobileViT tower keeps
-        its own (CoreNet's) initialisation; only its projection is set here."""
-        if isinstance(self.visual, MobileViTImageTower):
-            nn.init.normal_(self.visual.proj.weight, std=self.visual.width**-0.5)
-            towers = ((self.text, self.cfg.text_layers),)
-        else:
-            towers = ((self.text, self.cfg.text_layers), (self.visual, self.cfg.vision_layers))
-        for tower, layers in towers:
-            width = tower.width
-            proj_std, attn_std, fc_std = width**-0.5 * (2 * layers) ** -0.5, width**-0.5, (2 * width) ** -0.5
-            for block in tower.blocks:
-                nn.init.normal_(block.attn.qkv_proj.weight, std=attn_std)
-                nn.init.normal_(block.attn.out_proj.weight, std=proj_std)
-                nn.init.zeros_(block.attn.qkv_proj.bias)
-                nn.init.zeros_(block.attn.out_proj.bias)
-                if tower is self.text:
-                    nn.init.normal_(block.ffn.fc1.weight, std=fc_std)
-                    nn.init.normal_(block.ffn.fc2.weight, std=proj_std)
-            nn.init.normal_(tower.proj.weight, std=width**-0.5)
+        init_like_clip(self.text, cfg.text_layers, ffn=True)
+        init_like_clip(self.visual, cfg.vision_layers)
 
     def set_heads(self, specs: list[HeadSpec]) -> None:
         """Attach pseudo-label heads (the task does this before training; [] = plain CLIP)."""
