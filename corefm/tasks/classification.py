@@ -5,6 +5,10 @@ any ``nn.Module`` mapping ``(B, C, H, W)`` float images to ``(B, num_classes)`` 
 declares its input (``image_size``, ``in_chans`` attributes) sets the task's image side and channels;
 a task section that names them too must agree.
 
+With ``distill.enabled`` the train samples come from ``corefm data reinforce``: each visit replays one
+of the sample's stored views and the loss is distillation against the teacher's stored top-k logits
+(:mod:`corefm.tasks.distill`); held-out evaluation is unchanged.
+
 With ``range_augment.enabled`` the task owns a :class:`corefm.augment.RangeAugment`: its range
 parameters train with the model (same optimizer, saved in checkpoints, clamped after every step
 through :meth:`parameter_bounds`, left out of the exported weights), it augments train batches only,
@@ -15,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import random
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -28,6 +33,7 @@ from corefm.data.errors import SkipSample
 from corefm.errors import ConfigError
 from corefm.registry import register_task
 from corefm.tasks.base import Task, TaskContext, model_num_classes, read_label
+from corefm.tasks.distill import DistillConfig, kd_loss, reinforced_view
 
 IMAGE_KEYS = ("png", "jpg", "jpeg", "webp", "bmp", "tiff", "tif", "ppm")
 
@@ -45,6 +51,8 @@ class ClassificationConfig:
     max_shift: int = 0
     # Learned-range augmentation on the device (corefm/augment/README.md); off unless enabled: true.
     range_augment: RangeAugmentConfig = field(default_factory=RangeAugmentConfig)
+    # Knowledge distillation on reinforced shards (corefm/tasks/distill.py); off unless enabled: true.
+    distill: DistillConfig = field(default_factory=DistillConfig)
 
 
 def load_image(sample: dict, channels: int) -> Image.Image:
@@ -78,7 +86,12 @@ class ClassificationTask(Task):
         def transform(sample: dict) -> dict:
             if "cls" not in sample:
                 raise SkipSample(f"sample {sample.get('__key__')} has no 'cls' label")
-            read_label(sample["cls"], num_classes, f"sample {sample.get('__key__')}")  # before decoding
+            label = read_label(sample["cls"], num_classes, f"sample {sample.get('__key__')}")  # before decoding
+            if train and cfg.distill.enabled:
+                # the loader seeds python's RNG per batch, so a resumed run replays the same views
+                out = reinforced_view(sample, load_image(sample, cfg.channels), cfg.image_size, cfg.mean, cfg.std,
+                                      num_classes or 1 << 31, random)
+                return {**out, "label": torch.tensor(label)}
             img = load_image(sample, cfg.channels).resize((cfg.image_size, cfg.image_size), Image.BILINEAR)
             x = torch.from_numpy(np.asarray(img, dtype=np.float32) / 255.0)
             x = x.unsqueeze(0) if x.ndim == 2 else x.permute(2, 0, 1)
@@ -86,7 +99,6 @@ class ClassificationTask(Task):
                 # The loader seeds numpy's global RNG per batch, so a resumed run replays this.
                 dy, dx = np.random.randint(-cfg.max_shift, cfg.max_shift + 1, size=2)
                 x = torch.roll(x, shifts=(int(dy), int(dx)), dims=(1, 2))
-            label = read_label(sample["cls"], num_classes, f"sample {sample.get('__key__')}")
             return {"image": (x - cfg.mean) / cfg.std, "label": torch.tensor(label)}
 
         return transform
@@ -125,8 +137,13 @@ class ClassificationTask(Task):
             }
         loss = F.cross_entropy(logits, labels, label_smoothing=self.cfg.label_smoothing)
         acc = (logits.argmax(-1) == labels).float().mean()
-        if logs:
-            logs["ce"] = loss.detach()
+        if "teacher_index" in batch:
+            kd = kd_loss(logits, batch["teacher_index"], batch["teacher_logits"], self.cfg.distill.temperature)
+            w = self.cfg.distill.label_weight
+            logs = {**logs, "ce": loss.detach(), "kd": kd.detach()}
+            loss = w * loss + (1 - w) * kd
+        if "ra_loss" in logs:
+            logs.setdefault("ce", loss.detach())
             loss = loss + self.cfg.range_augment.loss_weight * logs["ra_loss"]
             logs["ra_loss"] = logs["ra_loss"].detach()
         return {"loss": loss, "acc": acc, **logs}
@@ -156,4 +173,30 @@ def input_from_model(cfg: Any, model: torch.nn.Module, defaults: dict[str, int])
 
 @register_task("classification", ClassificationConfig)
 def build_classification(cfg: ClassificationConfig, model: torch.nn.Module, context: TaskContext) -> Task:
+    if cfg.distill.enabled:
+        check_distill(cfg, model_num_classes(model), context.train_data)
     return ClassificationTask(input_from_model(cfg, model, {"image_size": 32, "channels": 3}), model)
+
+
+def check_distill(cfg: ClassificationConfig, num_classes: int | None, train_data: str) -> None:
+    """One-line errors, before any step, for a distillation recipe that cannot work as written."""
+    from corefm.data import DataError, load_manifest
+    from corefm.data.reinforce import PRODUCER
+
+    d = cfg.distill
+    if d.temperature <= 0 or not 0 <= d.label_weight <= 1:
+        raise ConfigError(f"task.distill: temperature must be > 0 and label_weight in [0, 1], got "
+                          f"{d.temperature}, {d.label_weight}")
+    if cfg.max_shift:
+        raise ConfigError("task.max_shift does not apply with task.distill (the stored views are the augmentation): "
+                          "set it to 0")
+    try:
+        producer = load_manifest(train_data.split("::")[0].split("#")[0]).producer if train_data else {}
+    except DataError:
+        return  # a pattern or URL without a local manifest: the samples are checked as they come
+    if producer.get("name") != PRODUCER:
+        raise ConfigError(f"task.distill needs reinforced train shards (corefm data reinforce); {train_data} "
+                          "was not written by it")
+    teacher_classes = producer.get("teacher", {}).get("num_classes")
+    if num_classes is not None and teacher_classes is not None and teacher_classes != num_classes:
+        raise ConfigError(f"the teacher of {train_data} has {teacher_classes} classes, the model {num_classes}")
