@@ -116,6 +116,14 @@ def build_catlip_task(cfg: CatlipTaskConfig, model: torch.nn.Module, context: Ta
         vocab = read_vocabulary(spec.split("#")[0])
     except DataError as err:
         raise ConfigError(str(err)) from None
+    if context.val_data and context.train_data:
+        try:
+            val_vocab = read_vocabulary(context.val_data.split("#")[0])
+        except DataError as err:
+            raise ConfigError(f"data.val: {err}") from None
+        if val_vocab.synsets != vocab.synsets:
+            raise ConfigError(f"{context.val_data} is labelled with another vocabulary than {spec} (label it with "
+                              "`corefm catlip labels --vocabulary TRAIN_SHARDS`)")
     if len(vocab) != model.num_classes:
         raise ConfigError(f"model.num_classes is {model.num_classes} but {spec} has a vocabulary of "
                           f"{len(vocab)} synsets: set model.num_classes={len(vocab)}")

@@ -74,6 +74,9 @@ def test_builder_checks_vocabulary_size(tmp_path, captions_it):
     with pytest.raises(ConfigError, match="not a CatLIP shard set"):
         build_catlip_task(CatlipTaskConfig(), CatlipModel(CatlipConfig(**MICRO, num_classes=3)),
                           TaskContext(train_data=str(captions_it / "train")))
+    with pytest.raises(ConfigError, match="data.val: .* not a CatLIP shard set"):
+        build_catlip_task(CatlipTaskConfig(), CatlipModel(CatlipConfig(**MICRO, num_classes=3)),
+                          TaskContext(train_data=str(tmp_path / "cl" / "train"), val_data=str(captions_it / "val")))
     with pytest.raises(ConfigError, match="vocabulary size"):
         CatlipConfig(**MICRO)
 
