@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import random
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 import torch.nn.functional as F
