@@ -4,7 +4,15 @@ from corefm.data.config import DataConfig
 from corefm.data.decode import decode_sample
 from corefm.data.errors import DataError, SkipSample, one_line
 from corefm.data.loader import EvalLoader, ResumableLoader, build_eval_loader, build_loader
-from corefm.data.manifest import Manifest, ShardInfo, check_shards, load_manifest, verify, write_manifest
+from corefm.data.manifest import (
+    Manifest,
+    ShardInfo,
+    check_shards,
+    load_manifest,
+    manifest_classes,
+    verify,
+    write_manifest,
+)
 from corefm.data.urls import expand_sources, expand_urls
 from corefm.data.writer import ShardWriter, write_split
 
@@ -24,6 +32,7 @@ __all__ = [
     "expand_sources",
     "expand_urls",
     "load_manifest",
+    "manifest_classes",
     "one_line",
     "verify",
     "write_manifest",

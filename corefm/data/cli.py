@@ -101,7 +101,7 @@ def _verify(args: argparse.Namespace) -> int:
 
 def _reinforce(args: argparse.Namespace) -> int:
     from corefm.augment.replay import AugmentSpec
-    from corefm.data import DataError, load_manifest
+    from corefm.data import DataError, manifest_classes
     from corefm.data.reinforce import reinforce
     from corefm.eval.teachers import load_teacher
 
@@ -111,9 +111,7 @@ def _reinforce(args: argparse.Namespace) -> int:
         scale = []
     if len(scale) != 2 or not 0 < scale[0] <= scale[1] <= 1:
         raise DataError(f"--scale must be two fractions LOW,HIGH with 0 < LOW <= HIGH <= 1, got {args.scale!r}")
-    classes = [c.strip() for c in args.classes.split(",") if c.strip()]
-    if not classes:
-        classes = [str(c) for c in load_manifest(args.in_dir).producer.get("classes", [])]
+    classes = [c.strip() for c in args.classes.split(",") if c.strip()] or manifest_classes(args.in_dir)
     teacher = load_teacher(args.teacher, classes, args.weights)
     spec = AugmentSpec(scale=scale, hflip=not args.no_flip)
     report = reinforce(Path(args.in_dir), Path(args.out), teacher, args.augs, args.topk, args.seed, spec, args.batch)

@@ -155,6 +155,18 @@ def load_manifest(dir_or_file: str | os.PathLike) -> Manifest:
     return manifest
 
 
+def manifest_classes(spec: str) -> list[str]:
+    """Class names a data tool recorded in a shard set's ``dataset.json`` (producer ``classes``), or []
+    when ``spec`` is empty, not a local folder with a manifest, or the manifest lists none."""
+    path = spec.split("#")[0] if spec else ""
+    if not path or not os.path.isfile(os.path.join(path, MANIFEST_NAME)):
+        return []
+    try:
+        return [str(c) for c in load_manifest(path).producer.get("classes", [])]
+    except DataError:
+        return []
+
+
 def _validate(manifest: Manifest, path: str) -> None:
     names = [s.name for s in manifest.shards]
     if len(set(names)) != len(names):

@@ -65,9 +65,9 @@ def _labels(args: argparse.Namespace) -> int:
 def _transfer(args: argparse.Namespace) -> int:
     from corefm.errors import ConfigError
     from projects.catlip.transfer import transfer_report
-    from projects.clip_pseudo.task import _manifest_classes
+    from corefm.data import manifest_classes
 
-    classes = [c.strip() for c in args.classes.split(",") if c.strip()] or _manifest_classes(args.data)
+    classes = [c.strip() for c in args.classes.split(",") if c.strip()] or manifest_classes(args.data)
     if not classes:
         raise ConfigError("no class names: pass --classes or use shards whose dataset.json lists them")
     _print(transfer_report(Path(args.run), args.train, args.data, classes, args.probe_samples, args.epochs,

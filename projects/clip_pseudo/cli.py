@@ -98,11 +98,11 @@ def _clip_eval(args: argparse.Namespace) -> int:
     from projects.clip_pseudo.evaluate import extract, load_model, run_probes, zero_shot
     from projects.clip_pseudo.probe import PRESETS
     from projects.clip_pseudo.retrieval import retrieval_recall
-    from projects.clip_pseudo.task import _manifest_classes
+    from corefm.data import manifest_classes
 
     loaded = load_model(Path(args.model))
     classes = [c.strip() for c in args.classes.split(",") if c.strip()] or loaded.class_names \
-        or _manifest_classes(args.data)
+        or manifest_classes(args.data)
     probes = []
     for name in (n.strip() for n in args.probe.split(",") if n.strip()):
         if name not in PRESETS:

@@ -17,6 +17,7 @@ from typing import Any, Callable, Literal
 import torch
 
 from corefm.data.errors import SkipSample
+from corefm.data.manifest import manifest_classes
 from corefm.errors import ConfigError
 from corefm.registry import register_task
 from corefm.tasks.base import Task, TaskContext
@@ -240,21 +241,6 @@ def head_metrics(spec: HeadSpec, sums: dict[str, float]) -> dict[str, float]:
     return {f"{name}_mae": sums[f"{name}_abs"] / count, f"{name}_rmse": math.sqrt(sums[f"{name}_sq"] / count)}
 
 
-def _manifest_classes(spec: str) -> list[str]:
-    """Class names a data tool recorded in the val shards' dataset.json (or [])."""
-    from pathlib import Path
-
-    from corefm.data import DataError, load_manifest
-
-    path = Path(spec.split("#")[0]) if spec else None
-    if path is None or not (path / "dataset.json").is_file():
-        return []
-    try:
-        return [str(c) for c in load_manifest(path).producer.get("classes", [])]
-    except DataError:
-        return []
-
-
 @register_task("clip", ClipTaskConfig)
 def build_clip_task(cfg: ClipTaskConfig, model: torch.nn.Module, context: TaskContext) -> Task:
     if not hasattr(model, "set_heads"):
@@ -265,5 +251,5 @@ def build_clip_task(cfg: ClipTaskConfig, model: torch.nn.Module, context: TaskCo
     crop = cfg.random_resized_crop
     if crop and not (len(crop) == 2 and 0 < crop[0] <= crop[1] <= 1):
         raise ConfigError(f"task.random_resized_crop: [min, max] area fractions in (0, 1], got {crop}")
-    class_names = list(cfg.class_names) or _manifest_classes(context.val_data)
+    class_names = list(cfg.class_names) or manifest_classes(context.val_data)
     return ClipTask(cfg, model, class_names)
