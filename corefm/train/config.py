@@ -55,6 +55,11 @@ class TrainConfig:
     # Deterministic kernels (torch.use_deterministic_algorithms, cuBLAS workspace, no cuDNN
     # autotuning): on a GPU a killed and resumed run then repeats the uninterrupted one exactly.
     deterministic: bool = False
+    # A rank stuck this many seconds in one training step, evaluation batch or checkpoint save
+    # prints its stacks and its data workers' (corefm/train/stall.py), so a hang says where it
+    # waits before a peer's collective timeout ends the run; 0 turns the report off. Below
+    # data.worker_timeout, so a stuck data worker shows its stack before it is restarted.
+    stall_report_s: float = 240.0
 
 
 @dataclass

@@ -21,15 +21,17 @@ CPU = Placement(torch.device("cpu"), "gloo")
 
 
 def evaluate(forward: Callable[..., dict], task, recipe: Recipe, dtype: torch.dtype, data: str = "",
-             placement: Placement = CPU, comm: Comm | None = None) -> dict[str, float]:
+             placement: Placement = CPU, comm: Comm | None = None,
+             on_batch: Callable[[], None] | None = None) -> dict[str, float]:
     """One pass over ``data`` (default ``data.val``); sums are all-reduced so each sample counts once.
 
     ``forward`` is the DeepSpeed engine or the task itself: ``forward(batch, mode="eval")``. Batches
     move to ``placement.device``; the sums stay there (float64) until one all-reduce at the end, so
-    the host waits for the device once per evaluation, not once per batch.
+    the host waits for the device once per evaluation, not once per batch. ``on_batch`` is called
+    before each forward (the trainer's stall report counts it as progress).
     """
     comm = comm or Comm(placement.comm_device)
-    sums = eval_sums(forward, task, recipe, dtype, data, placement, comm)
+    sums = eval_sums(forward, task, recipe, dtype, data, placement, comm, on_batch)
     # A rank without eval shards has no keys: agree on the union first.
     keys = sorted(set().union(*comm.gather_objects(sorted(sums))))
     zero = torch.zeros((), dtype=torch.float64, device=placement.device)
@@ -39,7 +41,8 @@ def evaluate(forward: Callable[..., dict], task, recipe: Recipe, dtype: torch.dt
 
 
 def eval_sums(forward: Callable[..., dict], task, recipe: Recipe, dtype: torch.dtype, data: str,
-              placement: Placement, comm: Comm) -> dict[str, torch.Tensor]:
+              placement: Placement, comm: Comm,
+              on_batch: Callable[[], None] | None = None) -> dict[str, torch.Tensor]:
     """This rank's additive eval sums, float64 tensors on ``placement.device`` (nothing read back)."""
     loader = build_eval_loader(data or recipe.data.val, recipe.data, rank=comm.rank, world_size=comm.world,
                                batch_size=recipe.eval.batch_size or recipe.train.micro_batch_size,
@@ -60,6 +63,8 @@ def eval_sums(forward: Callable[..., dict], task, recipe: Recipe, dtype: torch.d
             spare = batch if batch is not None else spare
             if spare is None:  # this rank has no eval shards at all (more ranks than shards)
                 continue
+            if on_batch is not None:
+                on_batch()
             out = forward(placement.move(spare, dtype), mode="eval")
             if batch is not None:
                 n += 1

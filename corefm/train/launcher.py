@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -144,8 +145,25 @@ def _wait(procs: list[subprocess.Popen], grace: float = 10.0) -> tuple[int, int 
         if failed_at is not None and time.monotonic() - failed_at > grace:
             for p in procs:
                 if p.poll() is None:
-                    p.kill()
+                    kill_tree(p.pid)
         time.sleep(0.2)
+
+
+def kill_tree(pid: int) -> None:
+    """SIGKILL a worker and every process below it. A worker killed alone leaves its data-loader
+    workers behind: a stuck one never notices its parent is gone, keeps the node's cores busy, and
+    holds the launcher's stdout and stderr open, so whatever reads them (a job script, a test)
+    waits on a run that has ended."""
+    import psutil
+
+    try:
+        root = psutil.Process(pid)
+        family = [root, *root.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return
+    for proc in family:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            proc.kill()
 
 
 def check_spec(spec: LaunchSpec) -> None:

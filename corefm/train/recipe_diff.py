@@ -20,6 +20,7 @@ HONOURED = (
     # how a resume at another world size keeps the global batch (2 ranks x 1 -> 1 rank x 2).
     "train.grad_accum",
     "train.on_nonfinite", "train.max_consecutive_nonfinite", "train.deterministic",
+    "train.stall_report_s",
     "log.*", "eval.*", "data.val", "checkpoint.every", "checkpoint.keep_last", "checkpoint.export_final",
     "checkpoint.resume", "model.compile", "model.attention_backend", "model.linear_backend",
 )

@@ -42,6 +42,7 @@ from corefm.train.optim import build_optimizer
 from corefm.train.placement import Placement, rank_placement
 from corefm.train.schedule import build_scheduler
 from corefm.train.signals import StopFlag
+from corefm.train.stall import StallReport
 from corefm.train.step_metrics import MetricWindow, NonFiniteGuard
 
 
@@ -128,6 +129,7 @@ class Trainer:
         self.resumed_metrics: dict[str, Any] = {}  # the training metrics the resumed checkpoint recorded
         self.ema: WeightEma | None = None
         self.micro_samples = self.cfg.micro_batch_size
+        self.stall = StallReport(0, comm.rank)  # the live one is made by run()
 
     # --- set-up and resume -------------------------------------------------------------------
     @classmethod
@@ -214,24 +216,34 @@ class Trainer:
         if self.stop_requested():  # during start-up: nothing was trained, so nothing new to save
             return self.interrupted("corefm: stopped by signal before the first step; "
                                     + (f"the latest checkpoint is step {self.step}" if self.step else "nothing to save"))
-        while self.step < self.cfg.max_steps:
-            self.train_step()
-            self.step += 1
-            self.monitor.advance(1)
-            if self.step % recipe.log.every == 0 or self.step == self.cfg.max_steps:
-                self.log()
-            if recipe.eval.every and self.step % recipe.eval.every == 0 and self.step < self.cfg.max_steps \
-                    and recipe.data.val:
-                with self.meter.paused():
-                    self.monitor.log(self.step, self.evaluate(), kind="eval")
-            if self.stop_requested():
-                self.save()
-                return self.interrupted(f"corefm: stopped by signal at step {self.step}; checkpoint saved; "
-                                        "run the same command again to resume")
-            if recipe.checkpoint.every and self.step % recipe.checkpoint.every == 0 and self.step < self.cfg.max_steps:
-                with self.meter.paused():
+        self.stall = stall = StallReport(self.cfg.stall_report_s, self.comm.rank)
+        try:
+            while self.step < self.cfg.max_steps:
+                stall.enter(f"training step {self.step + 1}")
+                self.train_step()
+                self.step += 1
+                self.monitor.advance(1)
+                if self.step % recipe.log.every == 0 or self.step == self.cfg.max_steps:
+                    self.log()
+                if recipe.eval.every and self.step % recipe.eval.every == 0 and self.step < self.cfg.max_steps \
+                        and recipe.data.val:
+                    stall.enter(f"evaluation at step {self.step}")
+                    with self.meter.paused():
+                        self.monitor.log(self.step, self.evaluate(), kind="eval")
+                if self.stop_requested():
+                    stall.enter(f"the stop checkpoint at step {self.step}")
                     self.save()
-        return self.finish()
+                    return self.interrupted(f"corefm: stopped by signal at step {self.step}; checkpoint saved; "
+                                            "run the same command again to resume")
+                if recipe.checkpoint.every and self.step % recipe.checkpoint.every == 0 \
+                        and self.step < self.cfg.max_steps:
+                    stall.enter(f"the checkpoint at step {self.step}")
+                    with self.meter.paused():
+                        self.save()
+            stall.enter("the final evaluation, checkpoint and export")
+            return self.finish()
+        finally:
+            stall.close()
 
     def stop_requested(self) -> bool:
         """Collective (host values only): whether any rank got a stop signal."""
@@ -332,11 +344,13 @@ class Trainer:
     def evaluate(self) -> dict[str, float]:
         """Collective: the held-out metrics, and with an EMA the same metrics of the EMA weights as ``ema_*``."""
         self.comm.average_buffers_(self.task)
-        metrics = evaluate(self.engine, self.task, self.recipe, self.dtype, placement=self.placement, comm=self.comm)
+        # each evaluation batch counts as progress: a long evaluation is not a stall
+        metrics = evaluate(self.engine, self.task, self.recipe, self.dtype, placement=self.placement,
+                           comm=self.comm, on_batch=self.stall.beat)
         if self.ema is not None:
             with self.ema.applied():
                 ema = evaluate(self.engine, self.task, self.recipe, self.dtype, placement=self.placement,
-                               comm=self.comm)
+                               comm=self.comm, on_batch=self.stall.beat)
             metrics.update({f"ema_{k}": v for k, v in ema.items()})
         return metrics
 

@@ -14,6 +14,7 @@ import sys
 from corefm.errors import CorefmError
 from corefm.train.launcher import threads_per_process
 from corefm.train.signals import StopFlag
+from corefm.train.stall import dump_stacks_on_signal
 
 
 def report(message: str) -> None:
@@ -39,6 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     # First, before the slow imports and the rendezvous: a stop signal during start-up is a request
     # to stop, not a kill (SLURM may send it at any moment).
     stop = StopFlag()
+    dump_stacks_on_signal()  # kill -USR2 shows where this rank (or a data worker it forks) waits
     if "OMP_NUM_THREADS" not in os.environ:
         # Started by DeepSpeed's launcher (hostfile, pdsh), which passes no thread limit: share the
         # node's cores as corefm's launcher does; set before torch starts its thread pool.

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -31,8 +32,20 @@ def train_cmd(overrides: list[str], nproc: int = 2, recipe: Path = RECIPE) -> li
 
 
 def run(cmd: list[str], timeout: float = 900, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """``cmd`` to completion. Past ``timeout`` the whole process tree is killed (its ranks and their
+    data workers would otherwise keep running into the next tests) and the test fails with the end
+    of what it printed: a stuck run's stall report (train.stall_report_s) says where it waited."""
     env = dict(os.environ, PYTHONUNBUFFERED="1", **(env or {}))
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env, cwd=ROOT)
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT,
+                            start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, err = proc.communicate()
+        raise AssertionError(f"{' '.join(cmd[:4])} ... still running after {timeout:g} s; the end of its output:\n"
+                             f"{out[-3000:]}\n--- stderr ---\n{err[-12000:]}") from None
+    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
 
 
 def run_ranks(script: Path, *args: str, nproc: int = 2, timeout: float = 600) -> subprocess.CompletedProcess:

@@ -1,6 +1,7 @@
 """Launcher commands and presets (the runs themselves are in tests/e2e)."""
 
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -55,3 +56,39 @@ def test_a_single_node_launcher_holds_the_rendezvous_port_its_ranks_join(monkeyp
     monkeypatch.setattr(launcher, "WORKER", ["-c", joins])
     monkeypatch.setattr(launcher, "free_port", lambda: pytest.fail("a single-node launch picked a port to bind later"))
     assert launcher.run_local(LaunchSpec(nproc=2), []) == 0
+
+
+def test_a_failed_run_leaves_no_process_behind(monkeypatch, tmp_path):
+    """Rank 0 fails; rank 1 ignores SIGTERM and has a child of its own (as a data-loader worker is)
+    that would outlive it. The launcher returns rank 0's code and takes the whole tree down, so
+    nothing keeps the node busy or holds the launcher's output open."""
+    import psutil
+
+    from corefm.train import launcher
+
+    pid_file = tmp_path / "grandchild"
+    body = ("import os, signal, subprocess, sys, time\n"
+            "if os.environ['RANK'] == '0':\n"
+            f"    while not os.path.exists({str(pid_file)!r}): time.sleep(0.05)\n"
+            "    sys.exit(3)\n"
+            "signal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
+            "child = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(600)'])\n"
+            f"open({str(pid_file) + '.part'!r}, 'w').write(str(child.pid))\n"
+            f"os.replace({str(pid_file) + '.part'!r}, {str(pid_file)!r})\n"
+            "time.sleep(600)\n")
+    monkeypatch.setattr(launcher, "WORKER", ["-c", body])
+    assert launcher.run_local(LaunchSpec(nproc=2), []) == 3
+    grandchild = int(pid_file.read_text())
+
+    def gone() -> bool:
+        try:
+            return psutil.Process(grandchild).status() == psutil.STATUS_ZOMBIE
+        except psutil.NoSuchProcess:
+            return True
+
+    deadline = time.monotonic() + 5
+    while not gone() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    if not gone():
+        psutil.Process(grandchild).kill()
+        pytest.fail("the child of the killed rank outlived the run")
