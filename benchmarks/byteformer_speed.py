@@ -182,6 +182,10 @@ def main() -> None:
             json.dump({"meta": meta, "side_by_side": speed, "scaling": scale}, f, indent=2)
         with open(os.path.join(RESULTS, "byteformer_speed.md"), "w") as f:
             f.write(table + "\n")
+        from benchmarks._chart import write_chart  # the picture beside the JSON
+
+        write_chart("byteformer_speed", {"meta": meta, "side_by_side": speed, "scaling": scale},
+                    os.path.join(RESULTS, "byteformer_speed.json"))
 
 
 if __name__ == "__main__":

@@ -136,6 +136,9 @@ def main() -> None:
         with open(RESULTS, "w") as f:
             json.dump(record, f, indent=1)
             f.write("\n")
+        from benchmarks._chart import write_chart  # the picture beside the JSON
+
+        write_chart("catlip_step", record, RESULTS)
 
 
 if __name__ == "__main__":

@@ -152,6 +152,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     with open(path, "w") as f:
         json.dump(out, f, indent=1)
     print(f"\nwrote {path}")
+    from benchmarks._chart import write_chart  # the picture beside the JSON
+
+    write_chart("clip_speed", out, path)
     return out
 
 

@@ -253,6 +253,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     with open(args.json, "w") as f:
         json.dump(result, f, indent=1)
     print(f"\nwrote {args.json}")
+    from benchmarks._chart import write_chart  # the picture beside the JSON
+
+    write_chart("data_pipeline", result, args.json)
     if tmp is not None:
         tmp.cleanup()
     return result

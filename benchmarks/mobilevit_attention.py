@@ -134,6 +134,9 @@ def main() -> None:
         os.makedirs(os.path.dirname(RESULTS), exist_ok=True)
         with open(RESULTS, "w") as f:
             json.dump({"meta": meta, "rows": rows}, f, indent=2)
+        from benchmarks._chart import write_chart  # the picture beside the JSON
+
+        write_chart("mobilevit_attention", {"meta": meta, "rows": rows}, RESULTS)
 
 
 if __name__ == "__main__":

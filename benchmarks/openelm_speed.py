@@ -234,6 +234,9 @@ def main() -> None:
     with open(RESULTS, "w") as f:
         json.dump(out, f, indent=1)
     print(f"\nwrote {RESULTS}")
+    from benchmarks._chart import write_chart  # the picture beside the JSON
+
+    write_chart("openelm_speed", out, RESULTS)
 
 
 if __name__ == "__main__":

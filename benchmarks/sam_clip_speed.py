@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import sys
 import time
 from pathlib import Path
 
@@ -112,6 +113,10 @@ def main(argv: list[str] | None = None) -> dict:
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(results, indent=2) + "\n")
     print(json.dumps(results, indent=2))
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script: the repository root
+    from benchmarks._chart import write_chart  # the picture beside the JSON
+
+    write_chart("sam_clip_speed", results, args.out)
     return results
 
 

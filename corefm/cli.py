@@ -1,4 +1,4 @@
-"""The ``corefm`` command: ``corefm train|eval|export|release|data ...`` and ``corefm PROJECT VERB``.
+"""The ``corefm`` command: ``corefm train|eval|export|release|plot|data ...`` and ``corefm PROJECT VERB``.
 
 Projects plug in through pyproject.toml's ``corefm.commands`` entry points: ``name =
 "module:add_cli"``, where ``add_cli(sub)`` adds its verbs to the ``corefm name`` table (see
@@ -126,6 +126,36 @@ def cmd_release(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_plot(sub) -> None:
+    p = sub.add_parser("plot", help="draw training curves of one or more runs from their metrics.jsonl",
+                       description="One subplot per metric, every RUN overlaid with its folder name in the legend; "
+                                   "eval points are marked, a step a resumed run logged twice is drawn once (the "
+                                   "latest record). Metric names: train keys as logged (loss, lr), eval keys as "
+                                   "eval.KEY (eval.accuracy).", epilog=EPILOG)
+    p.add_argument("runs", nargs="+", metavar="RUN", help="run folder (holding metrics.jsonl)")
+    p.add_argument("--metrics", default="",
+                   help="comma-separated, e.g. loss,eval.accuracy (default: loss and the eval metrics, up to 6)")
+    p.add_argument("--out", default="", help="picture to write, .png/.svg/.pdf (default: RUN/curves.png for one "
+                                             "run, ./curves.png for several)")
+    p.add_argument("--smooth", type=int, default=0, metavar="N",
+                   help="moving average of the training curves over N logged points (raw values drawn faint)")
+    p.add_argument("--x", choices=("step", "samples", "tokens"), default="step",
+                   help="x axis: optimizer step, or samples/tokens seen (derived from the recipe's batch, the "
+                        "ranks and the logged rates)")
+    p.add_argument("--title", default="", help="a title over the picture")
+    p.set_defaults(func=cmd_plot)
+
+
+def cmd_plot(args: argparse.Namespace) -> int:
+    from corefm.viz.curves import plot_runs
+
+    metrics = [m.strip() for m in args.metrics.split(",") if m.strip()]
+    out = Path(args.out) if args.out else (Path(args.runs[0]) / "curves.png" if len(args.runs) == 1
+                                          else Path("curves.png"))
+    print(f"wrote {plot_runs([Path(r) for r in args.runs], out, metrics, args.smooth, args.x, args.title)}")
+    return 0
+
+
 def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     """corefm's own verbs, ``corefm data ...``, and one group per declared project command.
 
@@ -142,6 +172,7 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     _add_eval(sub)
     _add_export(sub)
     _add_release(sub)
+    _add_plot(sub)
     add_data_cli(sub)
     for name, ep in sorted(declared("command").items()):
         if argv and argv[0] == name:

@@ -378,6 +378,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         save(res, args.json)
     print(tables(res))
     print(f"\nwrote {args.json}")
+    from benchmarks._chart import write_chart  # the picture beside the JSON
+
+    write_chart("gpu", res, args.json)
     return res
 
 

@@ -6,7 +6,10 @@ builder), ``recipe.json`` and a generated ``README.md`` model card. Projects who
 another layout (OpenELM for ``transformers``, CLIP for ``open_clip``) register their own writer
 with :func:`register_release` in the module their ``corefm.releases`` entry point names (see
 :mod:`corefm.registry`); a model that declares none gets the generic writer. ``--weights ema``
-releases a run's weight EMA through the same writer (:func:`ema_view`).
+releases a run's weight EMA through the same writer (:func:`ema_view`). Whatever the writer, the
+release then gets ``training_curve.png`` (drawn from the run's ``metrics.jsonl``) and the dense-head
+example grids an eval left in ``RUN/examples/`` (``--save-examples``), both shown in ``README.md``
+(:func:`card_pictures`).
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import contextlib
 import json
 import os
 import shutil
+import sys
 import tempfile
 from pathlib import Path
 from typing import Callable, Iterator
@@ -133,6 +137,48 @@ def ema_view(run_dir: Path) -> Iterator[Path]:
         yield view
 
 
+def _insert_section_end(card: str, heading: str, text: str) -> str:
+    """``text`` at the end of the card's ``heading`` section (before the next ``## ``), else appended."""
+    lines = card.splitlines()
+    if heading in lines:
+        start = lines.index(heading) + 1
+        end = next((i for i in range(start, len(lines)) if lines[i].startswith("## ")), len(lines))
+        while end > start and not lines[end - 1].strip():
+            end -= 1
+        gap = [""] if end < len(lines) and lines[end].strip() else []
+        return "\n".join(lines[:end] + ["", text] + gap + lines[end:]) + "\n"
+    return card.rstrip("\n") + f"\n\n{text}\n"
+
+
+def card_pictures(run_dir: Path, out_dir: Path) -> list[Path]:
+    """``training_curve.png`` from ``run_dir/metrics.jsonl`` and the grids in ``run_dir/examples/`` (copied to
+    ``out_dir/examples/``), each referenced from ``out_dir/README.md``. Returns the files added; a run
+    without metrics or examples adds none (a curve that cannot be drawn is said in one line)."""
+    readme = out_dir / "README.md"
+    if not readme.is_file():
+        return []
+    card, added = readme.read_text(), []
+    if (run_dir / "metrics.jsonl").is_file():
+        from corefm.viz.curves import plot_runs
+
+        try:
+            added.append(plot_runs([run_dir], out_dir / "training_curve.png", title=f"{run_dir.name}: training"))
+        except ConfigError as e:
+            print(f"release: no training curve in the card ({e})", file=sys.stderr)
+        else:
+            card = _insert_section_end(card, "## Training", "![training curve](training_curve.png)")
+    grids = sorted((run_dir / "examples").glob("*.png")) if (run_dir / "examples").is_dir() else []
+    if grids:
+        (out_dir / "examples").mkdir(parents=True, exist_ok=True)
+        shown = ["## Examples", "Dense predictions on held-out images (written by the eval's `--save-examples`):", ""]
+        for grid in grids:
+            added.append(Path(shutil.copyfile(grid, out_dir / "examples" / grid.name)))
+            shown.append(f"![{grid.stem}](examples/{grid.name})")
+        card = card.rstrip("\n") + "\n\n" + "\n".join(shown) + "\n"
+    readme.write_text(card)
+    return added
+
+
 def release(run_dir: Path, out_dir: Path, push: str = "", private: bool = False,
             weights: str = "raw") -> list[Path]:
     """Write the release folder; with ``push="org/name"`` upload it, else print a dry run.
@@ -146,6 +192,7 @@ def release(run_dir: Path, out_dir: Path, push: str = "", private: bool = False,
         files = writer(run_dir, out_dir, recipe)
     else:
         raise ConfigError(f"release: weights must be 'raw' or 'ema', got {weights!r}")
+    files = [*files, *card_pictures(run_dir, out_dir)]
     if push:
         token = os.environ.get("HF_TOKEN") or os.environ.get("HUGGING_FACE_HUB_TOKEN")
         if not token:

@@ -90,6 +90,10 @@ def add_clip_eval(sub) -> None:
                    help="each patch token linearly predicts an UP x UP pixel block (1 = per-patch logits)")
     p.add_argument("--max-samples", type=int, default=0, help="evaluate at most this many --data samples")
     p.add_argument("--json", default="", help="also write the metrics to this file")
+    p.add_argument("--save-examples", type=int, default=0, metavar="N",
+                   help="draw the first N --data images per dense head (the model's heads and the --probe probes): "
+                        "image, expert pseudo-label, prediction; one PNG per head")
+    p.add_argument("--examples-dir", default="", help="where the example PNGs go (default: MODEL/examples)")
     p.set_defaults(func=_clip_eval)
 
 
@@ -117,13 +121,28 @@ def _clip_eval(args: argparse.Namespace) -> int:
         raise ConfigError("--probe needs --probe-train (the shard set the linear probes are fitted on)")
     if any(p.name == "semantic" for p in probes) and not classes:
         raise ConfigError("the semantic probe needs class names (--classes or a dataset.json with classes)")
+    if args.save_examples < 0:
+        raise ConfigError(f"--save-examples {args.save_examples}: a number of images, 0 for none")
+    if args.save_examples and not probes and not getattr(loaded.model, "head_specs", None):
+        raise ConfigError(f"--save-examples: {args.model} has no dense heads (task.heads) and no --probe is fitted: "
+                          "there is no dense prediction to draw")
+    examples_dir = Path(args.examples_dir) if args.examples_dir else Path(args.model) / "examples"
     test = extract(loaded, args.data, probes, args.max_samples, tokens=bool(probes))
     metrics = {"samples": len(test["caption"]), **retrieval_recall(test["image"], test["text"], test["caption"])}
     if classes:
         metrics.update(zero_shot(loaded, test, classes, args.templates))
+    fitted: dict = {}
     if probes:
         train = extract(loaded, args.probe_train, probes, args.probe_samples)
-        metrics.update(run_probes(loaded, probes, train, test, args.probe_epochs))
+        metrics.update(run_probes(loaded, probes, train, test, args.probe_epochs, fitted))
+    if args.save_examples:
+        import sys
+
+        from projects.clip_pseudo.examples import save_examples
+
+        for path in save_examples(loaded, args.data, args.save_examples, examples_dir, fitted, probes, classes,
+                                  title=Path(args.model).name):
+            print(f"wrote {path}", file=sys.stderr)
     text = json.dumps({k: round(v, 4) for k, v in metrics.items()}, indent=2)
     print(text)
     if args.json:

@@ -109,7 +109,9 @@ def probe_targets(spec: HeadSpec, feats: dict) -> tuple[torch.Tensor, torch.Tens
     return labels, mask
 
 
-def run_probes(loaded: Loaded, probes: list[HeadSpec], train: dict, test: dict, epochs: int) -> dict[str, float]:
+def run_probes(loaded: Loaded, probes: list[HeadSpec], train: dict, test: dict, epochs: int,
+               fitted: dict[str, torch.nn.Module] | None = None) -> dict[str, float]:
+    """Fit each probe on ``train``'s tokens, score it on ``test``'s; ``fitted`` (if given) gets the heads by name."""
     from projects.clip_pseudo.config import require_vit_tower
     from projects.clip_pseudo.probe import score_probe, train_probe
 
@@ -123,6 +125,8 @@ def run_probes(loaded: Loaded, probes: list[HeadSpec], train: dict, test: dict, 
         if mask.sum() == 0:
             raise ConfigError(f"probe {spec.name}: no training sample carries {spec.key}")
         head = train_probe(spec, train["tokens"], labels, mask, grid, size, epochs=epochs)
+        if fitted is not None:
+            fitted[spec.name] = head
         t_labels, t_mask = probe_targets(spec, test)
         out.update({f"probe_{k}": v for k, v in score_probe(spec, head, test["tokens"], t_labels, t_mask, grid,
                                                              size).items()})

@@ -88,16 +88,26 @@ def add_eval(sub) -> None:
     p.add_argument("--teachers", action="store_true", help="also evaluate the two teachers on the same samples")
     p.add_argument("--max-samples", type=int, default=0)
     p.add_argument("--json", default="", help="also write the metrics to this file")
+    p.add_argument("--save-examples", type=int, default=0, metavar="N",
+                   help="draw N held-out examples: the prompts on the image with the teacher's and the student's "
+                        "masks (sam_clip_prompts.png), and the zero-shot segmentation map with a class legend "
+                        "(sam_clip_semseg.png)")
+    p.add_argument("--examples-dir", default="", help="where the example PNGs go (default: MODEL/examples)")
     p.set_defaults(func=_eval)
 
 
 def _eval(args: argparse.Namespace) -> int:
     from projects.sam_clip.evaluate import run_eval
 
+    from corefm.errors import ConfigError
+
+    if args.save_examples < 0:
+        raise ConfigError(f"--save-examples {args.save_examples}: a number of examples, 0 for none")
     classes = [c.strip() for c in args.classes.split(",") if c.strip()]
     metrics = run_eval(Path(args.model), args.data, clip_teacher=args.clip_teacher, sam_teacher=args.sam_teacher,
                        classes=classes, templates=args.templates, teachers=args.teachers,
-                       max_samples=args.max_samples)
+                       max_samples=args.max_samples, save_examples=args.save_examples,
+                       examples_dir=Path(args.examples_dir) if args.examples_dir else None)
     text = json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in metrics.items()}, indent=2)
     print(text)
     if args.json:

@@ -56,6 +56,13 @@ def teacher_spec(path: Path, given: str, recipe_value: str, bundled: str) -> str
     return recipe_value if recipe_value and Path(recipe_value.split("@")[-1]).exists() else ""
 
 
+def semseg_prediction(dense: torch.Tensor, text: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """dense (B, h, w, E) patch features, text (E, N) class embeddings -> (B, *size) the nearest class
+    of each pixel (cosine logits upsampled bilinearly)."""
+    logits = torch.einsum("bhwe,ec->bchw", F.normalize(dense.float(), dim=-1), text)
+    return F.interpolate(logits, size=tuple(size), mode="bilinear", align_corners=False).argmax(1)
+
+
 def semseg_confusion(dense: torch.Tensor, text: torch.Tensor, label: torch.Tensor, mask: torch.Tensor,
                      foreground_only: bool = False) -> torch.Tensor:
     """dense (B, h, w, E) patch features, text (E, 1 + C) (background first), label (B,), mask (B, H, W)
@@ -63,8 +70,7 @@ def semseg_confusion(dense: torch.Tensor, text: torch.Tensor, label: torch.Tenso
     ``foreground_only``: only ground-truth foreground pixels, classes only (no background) -> (C, C)."""
     if foreground_only:
         text = text[:, 1:]
-    logits = torch.einsum("bhwe,ec->bchw", F.normalize(dense.float(), dim=-1), text)
-    pred = F.interpolate(logits, size=mask.shape[-2:], mode="bilinear", align_corners=False).argmax(1)
+    pred = semseg_prediction(dense, text, mask.shape[-2:])
     fg = mask > 0.5
     n = text.shape[1]
     if foreground_only:
@@ -84,7 +90,9 @@ def miou(confusion: torch.Tensor) -> float:
 @torch.no_grad()
 def run_eval(path: Path, data: str, clip_teacher: str = "", sam_teacher: str = "", classes: list[str] | None = None,
              templates: str = "simple", teachers: bool = False, max_samples: int = 0, batch_size: int = 64,
-             workers: int = 1) -> dict[str, float]:
+             workers: int = 1, save_examples: int = 0, examples_dir: Path | None = None) -> dict[str, float]:
+    """The metrics of the module docstring; ``save_examples`` > 0 also draws that many held-out examples
+    (:mod:`projects.sam_clip.examples`) into ``examples_dir`` (default ``path/examples``)."""
     from corefm.data import load_manifest
 
     recipe, model = load_student(path)
@@ -148,6 +156,12 @@ def run_eval(path: Path, data: str, clip_teacher: str = "", sam_teacher: str = "
     if text is not None:
         out["semseg_miou"] = miou(confusion)
         out["semseg_miou_fg"] = miou(confusion_fg)
+    if save_examples:
+        from projects.sam_clip.examples import save_examples as draw
+
+        for file in draw(task, data, save_examples, examples_dir or path / "examples", text, classes,
+                         title=path.name):
+            print(f"wrote {file}", file=sys.stderr)
     if teachers:
         if sums.get("t_zs_count"):
             out["teacher_clip_zero_shot_top1"] = sums["t_zs_correct"] / sums["t_zs_count"]
