@@ -22,7 +22,11 @@ done
     --set "data.train=$PL/train" --set "data.val=$PL/val" --set task.heads=[] --set run_dir=runs/fashion_tiny_plain "$@"
 for run in runs/fashion_tiny runs/fashion_tiny_plain; do
   echo "== $run"
-  "$COREFM" clip eval "$run" --data "$PL/val" --probe seg,semantic,edges --probe-train "$PL/train" --probe-up 4
+  # --save-examples: image | expert pseudo-label | prediction grids per head in $run/examples/
+  "$COREFM" clip eval "$run" --data "$PL/val" --probe seg,semantic,edges --probe-train "$PL/train" --probe-up 4 \
+      --save-examples 8
 done
+"$COREFM" plot runs/fashion_tiny runs/fashion_tiny_plain --metrics loss,clip_loss,eval.zero_shot_top1 \
+    --out runs/fashion_tiny/curves.png
 "$COREFM" release runs/fashion_tiny --out runs/fashion_tiny/release
 echo "demo: $((SECONDS - start)) s"

@@ -15,6 +15,7 @@ start=$SECONDS
 "$COREFM" train projects/openelm/configs/shakespeare_demo.yaml --nproc "${NPROC:-2}" \
     --set "data.train=$DATA/train" --set "data.val=$DATA/val" --set "run_dir=$RUN" "$@"
 "$COREFM" openelm baseline "$RUN"
+"$COREFM" plot "$RUN"                                  # training and validation curves -> $RUN/curves.png
 "$COREFM" release "$RUN" --out "$RUN/release" > /dev/null
 echo "release folder (dry run, nothing uploaded): $RUN/release"
 "$COREFM" openelm generate "$RUN/release" --prompt "ROMEO." --max-new-tokens 48 --temperature 0.8 --top-k 40
