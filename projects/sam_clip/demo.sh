@@ -27,6 +27,7 @@ $C train $CFG/fashion_resolution.yaml --nproc 2
 # held-out eval (all 10,000 test images, teachers online) and release
 $C sam-clip eval runs/sam_clip/resolution --data data/fmnist-pl/val --teachers --json runs/sam_clip/resolution/sam_clip_eval.json \
     --save-examples 8                                                        # grids in runs/sam_clip/resolution/examples/
-$C plot runs/sam_clip/probe runs/sam_clip/distill runs/sam_clip/resolution --out runs/sam_clip/curves.png
+$C plot runs/sam_clip/probe runs/sam_clip/distill runs/sam_clip/resolution --metrics loss,loss_clip,loss_sam,eval.zero_shot_top1 \
+    --out runs/sam_clip/curves.png
 $C release runs/sam_clip/resolution --out release/sam-clip-fashion-tiny
 .venv/bin/python benchmarks/sam_clip_speed.py --student runs/sam_clip/resolution
