@@ -58,7 +58,7 @@ def _train_tokenizer(args: argparse.Namespace) -> int:
     return 0
 
 
-HELP = "OpenELM: tokenizers, token shards, unigram baseline, checkpoint averaging, lm-eval, generate"
+HELP = "OpenELM: tokenizers, token shards, unigram baseline, checkpoint averaging, lm-eval, generate, instruction tuning (instruct-data/pack/eval)"
 
 
 def add_cli(sub) -> None:
@@ -68,6 +68,10 @@ def add_cli(sub) -> None:
     add_tokenizer_cli(sub)
     add_text_cli(sub)
     add_run_tools(sub)
+    add_convert_cli(sub)
+    from projects.openelm.instruct.cli import add_instruct_cli
+
+    add_instruct_cli(sub)
 
 
 def add_run_tools(sub) -> None:
@@ -94,23 +98,27 @@ def add_run_tools(sub) -> None:
     e = sub.add_parser("lm-eval", help="run EleutherAI lm-evaluation-harness tasks on a release folder",
                        description="Evaluate a `corefm release` folder (or any OpenELM HF folder) with lm-eval's "
                                    "Hugging Face model and add_bos_token=True, offline. Needs the `eval` extra.")
-    e.add_argument("release_dir")
+    e.add_argument("release_dir", help="a release folder or a Hub id org/name (HF_HUB_OFFLINE=1: cache only)")
     e.add_argument("--tasks", required=True, help="comma-separated lm-eval task names")
     e.add_argument("--include-path", default="", help="folder of extra task YAML files (local datasets)")
     e.add_argument("--num-fewshot", type=int, default=None)
     e.add_argument("--batch-size", type=int, default=8)
     e.add_argument("--limit", type=float, default=None, help="examples per task (or a fraction)")
     e.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
-    e.add_argument("--output", default="", help="write the results as JSON here (default RELEASE_DIR/lm_eval.json)")
+    e.add_argument("--output", default="", help="write the results as JSON here (default RELEASE_DIR/lm_eval.json; "
+                                                "for a Hub id ./lm_eval_ORG--NAME.json)")
     e.set_defaults(func=_lm_eval)
 
     g = sub.add_parser("generate", help="continue a prompt with a release folder's model and tokenizer")
-    g.add_argument("release_dir")
+    g.add_argument("release_dir", help="a release folder or a Hub id org/name (HF_HUB_OFFLINE=1: cache only)")
     g.add_argument("--prompt", required=True)
     g.add_argument("--max-new-tokens", type=int, default=64)
     g.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
     g.add_argument("--top-k", type=int, default=0)
     g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--chat", action="store_true",
+                   help="wrap the prompt as a user turn with the tokenizer's chat template (instruction-tuned models)")
+    g.add_argument("--system", default="", help="with --chat: a system message before the user turn")
     g.set_defaults(func=_generate)
 
 
@@ -160,7 +168,10 @@ def _lm_eval(args: argparse.Namespace) -> int:
     results = evaluate_release(Path(args.release_dir), args.tasks.split(","), include_path=args.include_path,
                                num_fewshot=args.num_fewshot, batch_size=args.batch_size, limit=args.limit,
                                dtype=args.dtype)
-    out = Path(args.output) if args.output else Path(args.release_dir) / "lm_eval.json"
+    # A Hub id's folder is huggingface_hub's cache, not a place for results: those go to the working directory.
+    default = (Path(args.release_dir) / "lm_eval.json" if Path(args.release_dir).is_dir()
+               else Path(f"lm_eval_{args.release_dir.replace('/', '--')}.json"))
+    out = Path(args.output) if args.output else default
     out.write_text(json.dumps(results, indent=2))
     for task, metrics in results["results"].items():
         shown = ", ".join(f"{k} {v:.4f}" for k, v in metrics.items() if isinstance(v, float))
@@ -172,13 +183,96 @@ def _lm_eval(args: argparse.Namespace) -> int:
 def _generate(args: argparse.Namespace) -> int:
     import torch
 
-    from projects.openelm.convert import load_hf
+    from projects.openelm.convert import load_hf, resolve_release
     from projects.openelm.tokenizer import load_tokenizer
 
-    model, cfg = load_hf(args.release_dir)
-    tokenizer = load_tokenizer(args.release_dir)
-    ids = torch.tensor([tokenizer(args.prompt)["input_ids"]])
+    folder = resolve_release(args.release_dir)  # a folder or a Hub id org/name
+    if (folder / "adapter_config.json").is_file():  # a peft LoRA folder: merged into its base
+        from projects.openelm.instruct.release import load_model_folder
+
+        model, cfg = load_model_folder(folder)
+    else:
+        model, cfg = load_hf(folder)
+    tokenizer = load_tokenizer(folder)
+    if args.chat:
+        from projects.openelm.instruct.chat import chat_prompt_ids
+
+        ids = torch.tensor([chat_prompt_ids(tokenizer, args.prompt, args.system)])
+    else:
+        if args.system:
+            raise CorefmError("--system goes with --chat")
+        ids = torch.tensor([tokenizer(args.prompt)["input_ids"]])
     out = model.eval().generate(ids, args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
                                 eos_token_id=cfg.eos_token_id, generator=torch.Generator().manual_seed(args.seed))
     print(tokenizer.decode(out[0].tolist(), skip_special_tokens=True))
+    return 0
+
+
+def add_convert_cli(sub) -> None:
+    """``corefm openelm convert --from-corenet CKPT --config RECIPE --out DIR`` and ``--to-corenet RELEASE``."""
+    c = sub.add_parser(
+        "convert", help="CoreNet OpenELM checkpoint <-> transformers release folder",
+        description="--from-corenet CKPT.pt --config RECIPE.yaml --out DIR: a CoreNet (apple/corenet) OpenELM "
+                    "checkpoint (bare model state dict or training checkpoint, with or without DDP's module. "
+                    "prefix) and its YAML recipe (model.language_modeling.general_gpt.*) -> a folder that "
+                    "transformers loads with trust_remote_code=True. --to-corenet RELEASE --out CKPT.pt "
+                    "[--config-out RECIPE.yaml]: a release folder or Hub id -> CoreNet's model state dict "
+                    "(what CoreNet's model.pretrained loads) and a recipe model: section.")
+    c.add_argument("--from-corenet", metavar="CKPT", default="", help="CoreNet checkpoint (.pt)")
+    c.add_argument("--to-corenet", metavar="RELEASE", default="", help="release folder or Hub id org/name")
+    c.add_argument("--config", metavar="RECIPE", default="", help="CoreNet YAML recipe (with --from-corenet)")
+    c.add_argument("--out", required=True, help="output folder (--from-corenet) or .pt file (--to-corenet)")
+    c.add_argument("--tokenizer", metavar="DIR", default="",
+                   help="folder with the tokenizer files to ship (CoreNet's OpenELM uses LLaMA's: "
+                        "`corefm openelm llama-tokenizer --out DIR` builds it)")
+    c.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default=None,
+                   help="cast the released weights (default: the checkpoint's dtype)")
+    c.add_argument("--ema", action="store_true", help="take a training checkpoint's ema_state_dict")
+    c.add_argument("--vocab-size", type=int, default=None,
+                   help="keep the first N embedding rows (CoreNet's recipes pad 32,000 to 32,128; Apple's "
+                        "HF releases keep 32000)")
+    c.add_argument("--config-out", metavar="RECIPE", default="",
+                   help="with --to-corenet: also write a CoreNet recipe's model: section")
+    c.set_defaults(func=_convert)
+
+
+def _convert(args: argparse.Namespace) -> int:
+    if bool(args.from_corenet) == bool(args.to_corenet):
+        raise CorefmError("give exactly one of --from-corenet CKPT and --to-corenet RELEASE")
+    if args.from_corenet:
+        if not args.config:
+            raise CorefmError("--from-corenet needs --config (the CoreNet YAML recipe it was trained with)")
+        if args.config_out:
+            raise CorefmError("--config-out goes with --to-corenet")
+        return _from_corenet(args)
+    unused = [f for f, v in (("--config", args.config), ("--tokenizer", args.tokenizer), ("--dtype", args.dtype),
+                             ("--ema", args.ema), ("--vocab-size", args.vocab_size)) if v]
+    if unused:
+        raise CorefmError(f"{unused[0]} goes with --from-corenet, not --to-corenet")
+    from projects.openelm.corenet import convert_to_corenet
+
+    files, cfg, name = convert_to_corenet(args.to_corenet, args.out, args.config_out or None)
+    print(f"{files[0]}: CoreNet general_gpt state dict ({cfg.num_transformer_layers} layers, "
+          f"vocab {cfg.vocab_size}); load it with CoreNet's model.pretrained")
+    if name is not None:
+        print(f"{files[1]}: recipe model: section, model_name {name!r}")
+    return 0
+
+
+def _from_corenet(args: argparse.Namespace) -> int:
+    import torch
+
+    from projects.openelm.corenet import convert_from_corenet
+
+    files, cfg, rec = convert_from_corenet(
+        args.from_corenet, args.config, args.out, tokenizer_dir=args.tokenizer or None,
+        dtype=getattr(torch, args.dtype) if args.dtype else None, ema=args.ema, vocab_size=args.vocab_size)
+    print(f"{args.out}: transformers folder from CoreNet {rec.model_name!r} ({cfg.num_transformer_layers} layers, "
+          f"vocab {cfg.vocab_size}, {len(files)} files)")
+    if args.tokenizer:
+        print(f"tokenizer: copied from {args.tokenizer}")
+    else:
+        named = f"; the recipe names {rec.tokenizer_path}" if rec.tokenizer_path else ""
+        print(f"tokenizer: none given, so the folder has none (CoreNet's OpenELM uses LLaMA's{named}): build it "
+              f"with `corefm openelm llama-tokenizer --out DIR` and rerun with --tokenizer DIR")
     return 0

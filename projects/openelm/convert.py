@@ -4,12 +4,14 @@ The two state dicts differ only in names: Apple's are corefm's with ``transforme
 except the untied output layer, which is ``lm_head.weight`` in both (released models are tied).
 A folder holds ``config.json`` (Apple's field names, ``auto_map`` for ``trust_remote_code``),
 ``model.safetensors`` (or shards with ``model.safetensors.index.json``) and the self-contained
-``configuration_openelm.py`` / ``modeling_openelm.py``.
+``configuration_openelm.py`` / ``modeling_openelm.py``. Readers take such a folder or a Hub id
+``org/name`` (:func:`resolve_release`). CoreNet checkpoints: :mod:`projects.openelm.corenet`.
 """
 
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -192,13 +194,44 @@ def read_hf_weights(folder: Path) -> dict[str, torch.Tensor]:
     raise CheckpointError(f"{folder} has no model.safetensors, model.safetensors.index.json or pytorch_model.bin")
 
 
+# An ``org/name`` Hub repository id (huggingface_hub's own validator is stricter; this only decides
+# whether a string that is not a local folder should be tried on the Hub at all).
+HUB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*")
+# Weights in other frameworks' formats, never read here: not worth downloading.
+_HUB_IGNORE = ["*.msgpack", "*.h5", "*.ot", "*.onnx", "*.gguf", "*.tflite", "*.mlmodel", "*.mlpackage/*"]
+
+
+def resolve_release(path_or_id: str | Path) -> Path:
+    """A release folder: path_or_id itself when it is a local folder, else the snapshot of the Hub
+    repository ``org/name`` from ``huggingface_hub.snapshot_download`` (the local cache only when
+    ``HF_HUB_OFFLINE=1``). Anything else is one CheckpointError saying what was tried.
+    """
+    text = str(path_or_id)
+    if Path(text).is_dir():  # a local folder wins, even one named like org/name
+        return Path(text)
+    if not HUB_ID.fullmatch(text):
+        raise CheckpointError(f"{text}: no such folder (and not an org/name Hub id)")
+    from huggingface_hub import constants, snapshot_download
+
+    where = (f"the cache {constants.HF_HUB_CACHE} only (HF_HUB_OFFLINE=1)" if constants.HF_HUB_OFFLINE
+             else f"the Hub (cache {constants.HF_HUB_CACHE})")
+    try:
+        return Path(snapshot_download(repo_id=text, ignore_patterns=_HUB_IGNORE))
+    except Exception as e:  # not found, offline miss, network, auth: all mean "this id gave no folder"
+        first = (str(e).strip().splitlines() or [""])[0]
+        reason = first.split(". ")[0][:300] or type(e).__name__
+        raise CheckpointError(f"{text}: no such local folder, and as a Hub id it could not be resolved through "
+                              f"{where}: {type(e).__name__}: {reason}") from None
+
+
 def load_hf(path: str | Path, dtype: torch.dtype = torch.float32) -> tuple[OpenELM, OpenELMConfig]:
     """Build a corefm OpenELM from a folder in Apple's (or our) HF layout, for continued training.
 
-    The model is created on the meta device and the checkpoint's tensors are assigned (cast to
-    dtype), so a 3B model is never initialised only to be overwritten.
+    path may also be a Hub id ``org/name`` (see :func:`resolve_release`). The model is created on
+    the meta device and the checkpoint's tensors are assigned (cast to dtype), so a 3B model is
+    never initialised only to be overwritten.
     """
-    folder = Path(path)
+    folder = resolve_release(path)
     if not (folder / "config.json").is_file():
         raise CheckpointError(f"{folder} is not an OpenELM folder (no config.json)")
     cfg = from_hf_config(json.loads((folder / "config.json").read_text()))

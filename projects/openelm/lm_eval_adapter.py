@@ -33,17 +33,18 @@ except ImportError:  # pragma: no cover - exercised only without the extra
 
 
 class OpenELMLM(TemplateLM):
-    """lm-eval model over a release folder. ``pretrained``: folder with config.json, weights, tokenizer."""
+    """lm-eval model over a release folder. ``pretrained``: folder with config.json, weights, tokenizer
+    (or a Hub id ``org/name`` of such a folder)."""
 
     def __init__(self, pretrained: str, batch_size: int = 8, dtype: str = "float32", add_bos_token: bool = True,
                  max_length: int = 0, **unused: Any) -> None:
         if TemplateLM is object:
             raise CorefmError("lm-eval is not installed: pip install 'corefm[eval]' (or lm-eval)")
         super().__init__()
-        from projects.openelm.convert import load_hf
+        from projects.openelm.convert import load_hf, resolve_release
         from projects.openelm.tokenizer import load_tokenizer
 
-        folder = Path(pretrained)
+        folder = resolve_release(pretrained)  # a folder, or a Hub id org/name
         if not (folder / "tokenizer.json").is_file() and not (folder / "tokenizer.model").is_file():
             raise ConfigError(f"{folder} has no tokenizer: release it with its tokenizer (see `corefm release`)")
         self.model, self.cfg = load_hf(folder, dtype=getattr(torch, dtype))
@@ -137,9 +138,16 @@ class OpenELMLM(TemplateLM):
         return text
 
 
-def evaluate_release(release_dir: Path, tasks: list[str], include_path: str = "", num_fewshot: int | None = None,
-                     batch_size: int = 8, limit: float | None = None, dtype: str = "float32") -> dict:
-    """Run lm-eval ``tasks`` on ``release_dir``; returns {"results": {task: {metric: value}}, "config": ...}."""
+def evaluate_release(release_dir: str | Path, tasks: list[str], include_path: str = "",
+                     num_fewshot: int | None = None, batch_size: int = 8, limit: float | None = None,
+                     dtype: str = "float32") -> dict:
+    """Run lm-eval ``tasks`` on ``release_dir`` (a folder or a Hub id ``org/name``); returns
+    {"results": {task: {metric: value}}, "release": ..., ...}."""
+    from projects.openelm.convert import resolve_release
+
+    given = str(release_dir)
+    # Resolved before the Hub is switched off below, so an id not yet in the cache can still be fetched.
+    release_dir = resolve_release(release_dir)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
     try:
@@ -160,5 +168,5 @@ def evaluate_release(release_dir: Path, tasks: list[str], include_path: str = ""
     results = {task: {k.split(",")[0]: v for k, v in metrics.items()
                       if "," in k and isinstance(v, (int, float)) and "_stderr" not in k}
                for task, metrics in raw["results"].items()}
-    return {"results": results, "release": str(release_dir), "add_bos_token": True,
+    return {"results": results, "release": given, "release_dir": str(release_dir), "add_bos_token": True,
             "n_samples": raw.get("n-samples", {}), "versions": raw.get("versions", {})}
