@@ -46,12 +46,6 @@ class FinetuneConfig:
     def __post_init__(self) -> None:
         if not self.base:
             raise ConfigError("model.base: name the OpenELM to fine-tune (a release folder or a Hub id org/name)")
-        path = Path(self.base)
-        if not path.is_dir() and not (HUB_ID.fullmatch(self.base) and not path.exists()):
-            raise ConfigError(f"model.base: {self.base} is not a folder (nor a Hub id org/name); "
-                              "run projects/openelm/demo.sh for a base release, or point it at one")
-        if path.is_dir() and not (path / "config.json").is_file():
-            raise ConfigError(f"model.base: {self.base} has no config.json (not an OpenELM release folder)")
         if self.lora_r < 1:
             raise ConfigError(f"model.lora_r must be positive, got {self.lora_r}")
         if self.lora_alpha <= 0:
@@ -131,6 +125,16 @@ def packed_logits(lm: nn.Module, input_ids: torch.Tensor, segments: torch.Tensor
     return lm.logits(packed_hidden(lm, input_ids, segments))
 
 
+def check_base(base: str) -> None:
+    """One line for a ``model.base`` that is neither an OpenELM folder nor a Hub id."""
+    path = Path(base)
+    if not path.is_dir() and not (HUB_ID.fullmatch(base) and not path.exists()):
+        raise ConfigError(f"model.base: {base} is not a folder (nor a Hub id org/name); "
+                          "run projects/openelm/demo.sh for a base release, or point it at one")
+    if path.is_dir() and not (path / "config.json").is_file():
+        raise ConfigError(f"model.base: {base} has no config.json (not an OpenELM release folder)")
+
+
 def load_base(base: str, dtype: torch.dtype = torch.float32):
     """(corefm OpenELM, its OpenELMConfig) of a release folder or Hub id, through ``load_hf``."""
     from projects.openelm.convert import load_hf
@@ -140,5 +144,8 @@ def load_base(base: str, dtype: torch.dtype = torch.float32):
 
 @register_model("openelm_finetune", FinetuneConfig)
 def build_openelm_finetune(cfg: FinetuneConfig) -> FinetunedOpenELM:
+    # Checked here, when the model is built, not when the recipe is read: a recipe parses on any
+    # machine, whether or not its base has been made or downloaded there yet.
+    check_base(cfg.base)
     lm, _ = load_base(cfg.base)
     return FinetunedOpenELM(lm, cfg)
