@@ -30,4 +30,6 @@ flip=(); [ "$FLIP" = 1 ] || flip=(--no-flip)
 for run in "$TEACHER" runs/fashion_student_kd runs/fashion_student_kd_mix runs/fashion_student_plain; do
   printf '%-32s %s\n' "$run" "$(.venv/bin/python -c "import json,sys; e=json.load(open(sys.argv[1]))['eval']; print(f\"test accuracy {e['accuracy']:.4f}, loss {e['loss']:.4f}\")" "$run/final.json")"
 done
+"$COREFM" plot runs/fashion_student_kd runs/fashion_student_kd_mix runs/fashion_student_plain --metrics loss \
+    --out runs/fashion_student_curves.png                                    # the three students side by side
 echo "demo: $((SECONDS - start)) s"

@@ -50,4 +50,5 @@ for run in runs/catlip_openclipart runs/catlip_openclipart_clip; do
   echo "== $run: synsets of held-out drawings"
   "$COREFM" catlip eval "$run" --data "$OCL/val" --json "$run/catlip_eval.json"
 done
+"$COREFM" plot runs/catlip_fashion runs/catlip_openclipart --out runs/catlip_fashion/curves.png   # training curves
 echo "demo: $((SECONDS - start)) s"

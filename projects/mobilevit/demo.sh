@@ -11,6 +11,7 @@ for recipe in fashion_v2 fashion_v2_toolkit; do
   $C train projects/mobilevit/configs/$recipe.yaml --nproc 2 --set train.max_steps=$STEPS \
     --set run_dir=runs/mobilevit_demo/$recipe --set checkpoint.every=0 --set eval.every=0
 done
+$C plot runs/mobilevit_demo/fashion_v2 runs/mobilevit_demo/fashion_v2_toolkit --out runs/mobilevit_demo/curves.png
 .venv/bin/python - <<'PY'
 import json
 for name in ("fashion_v2", "fashion_v2_toolkit"):
