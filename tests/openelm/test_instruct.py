@@ -426,10 +426,11 @@ def test_bad_inputs_are_one_line_errors(tmp_path, base_release, packed):
     r = run(corefm_cmd("openelm", "instruct-pack", "--train", str(packed / "chat/train.jsonl"), "--tokenizer",
                        str(tmp_path), "--out", str(tmp_path / "p")))
     error_line(r, "--tokenizer")
-    r = run(train_cmd([f"model.base={tmp_path / 'missing'}", f"run_dir={tmp_path / 'r'}"], recipe=RECIPE))
+    shards = [f"data.train={packed / 'packed/train'}", f"data.val={packed / 'packed/val'}"]
+    r = run(train_cmd([f"model.base={tmp_path / 'missing'}", f"run_dir={tmp_path / 'r'}", *shards], recipe=RECIPE))
     error_line(r, "model.base", "missing")
     r = run(train_cmd([f"model.base={base_release}", "model.lora_targets=[token_embeddings]",
-                       f"run_dir={tmp_path / 'r'}"], recipe=RECIPE))
+                       f"run_dir={tmp_path / 'r'}", *shards], recipe=RECIPE))
     error_line(r, "model.lora_targets")
     r = run(corefm_cmd("openelm", "generate", str(base_release), "--chat", "--prompt", "hi"))
     error_line(r, "chat_template")
