@@ -24,6 +24,7 @@ from corefm.train.export import save_safetensors_atomic
 from projects.openelm.config import OpenELMConfig, layer_specs, linspace
 from projects.openelm.hf.configuration_openelm import OpenELMConfig as HFOpenELMConfig
 from projects.openelm.model import OpenELM
+from projects.openelm.tokenizer import TOKENIZER_FILES
 
 HF_DIR = Path(__file__).parent / "hf"
 CODE_FILES = ("configuration_openelm.py", "modeling_openelm.py")
@@ -31,7 +32,6 @@ AUTO_MAP = {
     "AutoConfig": "configuration_openelm.OpenELMConfig",
     "AutoModelForCausalLM": "modeling_openelm.OpenELMForCausalLM",
 }
-TOKENIZER_FILES = ("tokenizer.model", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
 # Apple's OpenELMModel builds an unused `classifier` when embeddings are untied (the logits
 # come from lm_head); it carries no information, so it is dropped on load.
 _IGNORED_HF_KEYS = ("transformer.classifier.weight",)

@@ -22,6 +22,9 @@ from corefm.errors import ConfigError, CorefmError
 from projects.openelm.gguf import read_gguf_metadata
 from projects.openelm.spm import hf_tokenizer, spm_from_gguf, write_tokenizer_folder
 
+# The files a release folder's tokenizer is made of (copied whole by the release writers).
+TOKENIZER_FILES = ("tokenizer.model", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
+
 LLAMA_SDIST = "llama-cpp-python==0.3.36"
 GGUF_NAME = "ggml-vocab-llama-spm.gguf"
 GGUF_MEMBER = f"vendor/llama.cpp/models/{GGUF_NAME}"

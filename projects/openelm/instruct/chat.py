@@ -26,6 +26,7 @@ from pathlib import Path
 
 from corefm.data import DataError
 from corefm.errors import CorefmError
+from projects.openelm.tokenizer import TOKENIZER_FILES
 
 IGNORE = -100
 # '\n' as Jinja string literals: transformers renders with trim_blocks, which would eat a newline
@@ -43,7 +44,6 @@ CHAT_TEMPLATE = (
     "{% endfor %}"
     "{% if add_generation_prompt %}{{ '\\n\\n### Assistant:\\n' }}{% endif %}"
 )
-TOKENIZER_FILES = ("tokenizer.model", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
 # the files whose sha256 a data set records: the vocabulary and the config that holds the template
 HASHED = ("tokenizer.json", "tokenizer_config.json")
 
